@@ -1,0 +1,262 @@
+"""`tally broker start|stop|status`: a real single-node Apache Kafka broker (KRaft mode).
+
+The jars come from Maven Central once (`mvn dependency:copy-dependencies` on
+`deploy/kafka/pom.xml`) into a cache directory; storage is formatted on first start;
+the broker listens on 127.0.0.1 and logs to a file in its directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
+DEFAULT_JAR_CACHE = Path(os.environ.get("TALLY_KAFKA_JARS", Path.home() / ".cache" / "tally" / "kafka-jars"))
+
+LOG4J2 = """\
+Configuration:
+  status: warn
+  Appenders:
+    File:
+      name: file
+      fileName: "{log}"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: state.change.logger
+        level: WARN
+"""
+
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A broker living in `home` (config, data, log, pid file), listening on 127.0.0.1:port."""
+    home: Path
+    port: int = 19092
+    controller_port: int = 19093
+    partitions: int = 4
+    jar_cache: Path = DEFAULT_JAR_CACHE
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    def fetch_jars(self) -> Path:
+        """Fetch the Kafka jars once; later calls reuse the cache."""
+        marker = self.jar_cache / ".complete"
+        if marker.exists():
+            return self.jar_cache
+        if shutil.which("mvn") is None:
+            raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars from Maven Central")
+        self.jar_cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={self.jar_cache}", "-DincludeScope=runtime"],
+            check=True)
+        marker.touch()
+        return self.jar_cache
+
+    def _java(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        classpath = str(self.fetch_jars() / "*")
+        return subprocess.run(["java", "-cp", classpath, *args], check=True, capture_output=True, text=True, **kwargs)
+
+    def _write_config(self) -> Path:
+        data = self.home / "data"
+        config = self.home / "server.properties"
+        config.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            f"num.partitions={self.partitions}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "message.max.bytes=4194304",
+            "log.cleaner.backoff.ms=1000",
+            "",
+        ]))
+        (self.home / "log4j2.properties").write_text(LOG4J2_PROPERTIES.format(log=self.log_file))
+        return config
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+
+    def is_listening(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def start(self, timeout: float = 90.0) -> "Broker":
+        """Start the broker (formatting storage the first time) and wait until it serves metadata."""
+        if self.pid() is not None and self.is_listening():
+            return self
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        if not (self.home / "data" / "meta.properties").exists():
+            self._java("kafka.tools.StorageTool", "format", "-t", str(uuid.uuid4()).replace("-", "")[:22],
+                       "-c", str(config), "--ignore-formatted")
+        classpath = str(self.fetch_jars() / "*")
+        with open(self.home / "broker.stdout", "ab") as out:
+            process = subprocess.Popen(
+                ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                 "-cp", classpath, "kafka.Kafka", str(config)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.write_text(str(process.pid))
+        self._wait_ready(process, timeout)
+        return self
+
+    def _wait_ready(self, process: subprocess.Popen, timeout: float) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient  # noqa: F401  (import cost paid once here)
+        import asyncio
+
+        async def metadata_ok() -> bool:
+            from aiokafka.admin import AIOKafkaAdminClient
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return True
+            except Exception:
+                return False
+            finally:
+                await admin.close()
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited with code {process.returncode}; see {self.log_file}")
+            if self.is_listening() and asyncio.run(metadata_ok()):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"Kafka broker not ready after {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout`). False if none ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int], compacted: set[str] = frozenset()) -> None:
+    """Create topics (name -> partitions) that don't exist yet; compacted ones keep the latest value per key."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(name, partitions, 1,
+                           topic_configs={"cleanup.policy": "compact"} if name in compacted else {})
+                  for name, partitions in topics.items() if name not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except Exception as exc:  # created meanwhile by another process
+                if "TopicAlreadyExists" not in type(exc).__name__ + str(exc):
+                    raise
+    finally:
+        await admin.close()
+
+
+def pipeline_topics(settings) -> tuple[dict[str, int], set[str]]:
+    """The topics the pipeline uses, their partition counts, and which are compacted."""
+    t = settings.topics
+    counts = {t.user_actions: settings.partitions, t.dead_letters: settings.partitions,
+              t.user_profiles: settings.partitions, t.active_users: 1, t.alerts: 1}
+    return counts, {t.user_profiles, t.active_users}
+
+
+def broker_for(settings) -> Broker:
+    port = int(settings.bootstrap.rsplit(":", 1)[1])
+    return Broker(home=settings.data_dir / "kafka", port=port, controller_port=port + 1,
+                  partitions=settings.partitions)
+
+
+def add_cli(subparsers) -> None:
+    from .cli import add_settings_args
+    parser = subparsers.add_parser("broker", help="run a local single-node Kafka broker (KRaft)")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    add_settings_args(parser)
+    parser.set_defaults(func=_cli_broker)
+
+
+def _cli_broker(args) -> int:
+    import asyncio
+    from .cli import settings_from_args
+    settings = settings_from_args(args)
+    broker = broker_for(settings)
+    if args.action == "start":
+        broker.start()
+        counts, compacted = pipeline_topics(settings)
+        asyncio.run(create_topics(broker.bootstrap, counts, compacted))
+        print(f"Kafka broker running on {broker.bootstrap} (pid {broker.pid()}); log: {broker.log_file}")
+    elif args.action == "stop":
+        print("stopped" if broker.stop() else "no broker running")
+    else:
+        pid = broker.pid()
+        up = pid is not None and broker.is_listening()
+        print(f"running on {broker.bootstrap} (pid {pid})" if up else "not running")
+        return 0 if up else 1
+    return 0

@@ -1,0 +1,75 @@
+"""One typed settings object, built once from flags and the environment, passed to every stage."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Topics:
+    user_actions: str = "user-actions"
+    dead_letters: str = "user-actions-dlq"
+    user_profiles: str = "user-profiles"
+    active_users: str = "active-users"
+    alerts: str = "alerts"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:19092"
+    data_dir: Path = Path(".tally")
+    clickhouse: str = ""              # "" = embedded chDB in data_dir/clickhouse; else http(s)://host:8123/db
+    app_id: str = "tally"             # Faust app id = consumer group
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4               # partitions of the input topic (keyed by user)
+    web_port: int = 6066
+    sink_batch_size: int = 20_000     # rows per ClickHouse insert, at most
+    sink_batch_seconds: float = 1.0   # ... or this long, whichever comes first
+    allowed_lateness_days: int = 3    # event time; older events are dead-lettered
+    max_future_ms: int = 10 * 60_000  # events stamped further ahead of the stream are dead-lettered
+    max_message_bytes: int = 256 * 1024
+    scrub_policy: Path | None = None  # None = the bundled default policy
+    hmac_key: str = field(default="", repr=False)  # keyed pseudonyms; from TALLY_HMAC_KEY
+    metric_interval_seconds: float = 1.0  # at most one MetricUpdate per key per interval
+    alert_rules: Path | None = None
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def is_embedded_clickhouse(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:  # never print the HMAC key
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hmac_key"}
+        return f"Settings({shown}, hmac_key={'***' if self.hmac_key else ''!r})"
+
+
+def from_env(**overrides) -> Settings:
+    """Settings from TALLY_* environment variables, then explicit overrides (flags)."""
+    env = os.environ
+    values: dict = {}
+    if "TALLY_BOOTSTRAP" in env:
+        values["bootstrap"] = env["TALLY_BOOTSTRAP"]
+    if "TALLY_DATA_DIR" in env:
+        values["data_dir"] = Path(env["TALLY_DATA_DIR"])
+    if "TALLY_CLICKHOUSE" in env:
+        values["clickhouse"] = env["TALLY_CLICKHOUSE"]
+    if "TALLY_HMAC_KEY" in env:
+        values["hmac_key"] = env["TALLY_HMAC_KEY"]
+    if "TALLY_SCRUB_POLICY" in env:
+        values["scrub_policy"] = Path(env["TALLY_SCRUB_POLICY"])
+    if "TALLY_ALERT_RULES" in env:
+        values["alert_rules"] = Path(env["TALLY_ALERT_RULES"])
+    if "TALLY_WEB_PORT" in env:
+        values["web_port"] = int(env["TALLY_WEB_PORT"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"])
+    return Settings(**values)

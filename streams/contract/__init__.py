@@ -1,0 +1,29 @@
+"""The wire contract: generated Protobuf messages and the few helpers every stage shares.
+
+Generated code lives in `tally/v1/` (from `proto/tally/v1/*.proto`); `tests/test_contract.py`
+fails when it is stale. Regenerate with `make proto`.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from .tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
+from .tally.v1.user_action_pb2 import UserAction
+
+SCHEMA_VERSION = 1  # the newest UserAction schema this code understands
+
+__all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "SCHEMA_VERSION", "new_event_id"]
+
+
+def new_event_id(epoch_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48-bit millisecond timestamp, then random bits; sorts by time."""
+    ms = int(time.time() * 1000) if epoch_ms is None else epoch_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76                      # version 7
+    value |= ((rand >> 62) & 0xFFF) << 64   # rand_a, 12 bits
+    value |= 0b10 << 62                     # RFC 4122 variant
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF   # rand_b, 62 bits
+    return str(uuid.UUID(int=value))
