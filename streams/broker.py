@@ -260,3 +260,9 @@ def _cli_broker(args) -> int:
         print(f"running on {broker.bootstrap} (pid {pid})" if up else "not running")
         return 0 if up else 1
     return 0
+
+
+if __name__ == "__main__":  # `python -m streams.broker fetch-jars`: used by `make install`
+    import sys
+    if sys.argv[1:] == ["fetch-jars"]:
+        print(Broker(home=Path(".")).fetch_jars())

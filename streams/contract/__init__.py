@@ -10,11 +10,11 @@ import time
 import uuid
 
 from .tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
-from .tally.v1.user_action_pb2 import UserAction
+from .tally.v1.user_action_pb2 import UserAction, UserProfile
 
 SCHEMA_VERSION = 1  # the newest UserAction schema this code understands
 
-__all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "SCHEMA_VERSION", "new_event_id"]
+__all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "UserProfile", "SCHEMA_VERSION", "new_event_id"]
 
 
 def new_event_id(epoch_ms: int | None = None) -> str:

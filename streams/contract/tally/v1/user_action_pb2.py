@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atally/v1/user_action.proto\x12\x08tally.v1\"\xcd\x03\n\nUserAction\x12\x11\n\thost_name\x18\x01 \x01(\t\x12\x16\n\x0estart_epoch_ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x65nd_epoch_ms\x18\x03 \x01(\x03\x12\x15\n\rpos_args_json\x18\x04 \x01(\t\x12\x19\n\x11keyword_args_json\x18\x05 \x01(\t\x12\x0e\n\x06output\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\x12\x0b\n\x03\x61pp\x18\x0b \x01(\t\x12\x16\n\x0eschema_version\x18\x0c \x01(\r\x12\x12\n\nsession_id\x18\r \x01(\t\x12\x11\n\ttarget_id\x18\x0e \x01(\t\x12\x13\n\x0btarget_type\x18\x0f \x01(\t\x12\r\n\x05label\x18\x10 \x01(\t\x12\x10\n\x08location\x18\x11 \x01(\t\x12\r\n\x05value\x18\x12 \x01(\t\x12\x38\n\nproperties\x18\x13 \x03(\x0b\x32$.tally.v1.UserAction.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atally/v1/user_action.proto\x12\x08tally.v1\"\xcd\x03\n\nUserAction\x12\x11\n\thost_name\x18\x01 \x01(\t\x12\x16\n\x0estart_epoch_ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x65nd_epoch_ms\x18\x03 \x01(\x03\x12\x15\n\rpos_args_json\x18\x04 \x01(\t\x12\x19\n\x11keyword_args_json\x18\x05 \x01(\t\x12\x0e\n\x06output\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x01(\t\x12\x10\n\x08\x65vent_id\x18\n \x01(\t\x12\x0b\n\x03\x61pp\x18\x0b \x01(\t\x12\x16\n\x0eschema_version\x18\x0c \x01(\r\x12\x12\n\nsession_id\x18\r \x01(\t\x12\x11\n\ttarget_id\x18\x0e \x01(\t\x12\x13\n\x0btarget_type\x18\x0f \x01(\t\x12\r\n\x05label\x18\x10 \x01(\t\x12\x10\n\x08location\x18\x11 \x01(\t\x12\r\n\x05value\x18\x12 \x01(\t\x12\x38\n\nproperties\x18\x13 \x03(\x0b\x32$.tally.v1.UserAction.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x0bUserProfile\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12\x34\n\x08\x61\x62_flags\x18\x05 \x03(\x0b\x32\".tally.v1.UserProfile.AbFlagsEntry\x12\x18\n\x10updated_epoch_ms\x18\x06 \x01(\x03\x1a.\n\x0c\x41\x62\x46lagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USERACTION_PROPERTIESENTRY']._loaded_options = None
   _globals['_USERACTION_PROPERTIESENTRY']._serialized_options = b'8\001'
+  _globals['_USERPROFILE_ABFLAGSENTRY']._loaded_options = None
+  _globals['_USERPROFILE_ABFLAGSENTRY']._serialized_options = b'8\001'
   _globals['_USERACTION']._serialized_start=41
   _globals['_USERACTION']._serialized_end=502
   _globals['_USERACTION_PROPERTIESENTRY']._serialized_start=453
   _globals['_USERACTION_PROPERTIESENTRY']._serialized_end=502
+  _globals['_USERPROFILE']._serialized_start=505
+  _globals['_USERPROFILE']._serialized_end=704
+  _globals['_USERPROFILE_ABFLAGSENTRY']._serialized_start=658
+  _globals['_USERPROFILE_ABFLAGSENTRY']._serialized_end=704
 # @@protoc_insertion_point(module_scope)

@@ -54,3 +54,26 @@ class UserAction(_message.Message):
     value: str
     properties: _containers.ScalarMap[str, str]
     def __init__(self, host_name: _Optional[str] = ..., start_epoch_ms: _Optional[int] = ..., end_epoch_ms: _Optional[int] = ..., pos_args_json: _Optional[str] = ..., keyword_args_json: _Optional[str] = ..., output: _Optional[str] = ..., error: _Optional[str] = ..., user: _Optional[str] = ..., command: _Optional[str] = ..., event_id: _Optional[str] = ..., app: _Optional[str] = ..., schema_version: _Optional[int] = ..., session_id: _Optional[str] = ..., target_id: _Optional[str] = ..., target_type: _Optional[str] = ..., label: _Optional[str] = ..., location: _Optional[str] = ..., value: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UserProfile(_message.Message):
+    __slots__ = ("user", "email", "title", "team", "ab_flags", "updated_epoch_ms")
+    class AbFlagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    AB_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_EPOCH_MS_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    email: str
+    title: str
+    team: str
+    ab_flags: _containers.ScalarMap[str, str]
+    updated_epoch_ms: int
+    def __init__(self, user: _Optional[str] = ..., email: _Optional[str] = ..., title: _Optional[str] = ..., team: _Optional[str] = ..., ab_flags: _Optional[_Mapping[str, str]] = ..., updated_epoch_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,292 @@
+"""The Faust wiring: topics, tables and agents around the pure stages of `streams.pipeline`.
+
+    user-actions ──▶ actions agent ──▶ ClickHouse user_actions / dead_letters
+        │               │  (validate → enrich → scrub → profile join → active-user days)
+        │               ├──▶ user-actions-dlq           (dead letters, scrubbed)
+        │               └──▶ tally-active-user-partials (this partition's changed counts)
+    user-profiles ──▶ profiles agent ──▶ profiles table (+ ClickHouse user_profiles)
+    tally-active-user-partials ──▶ totals agent ──▶ active-users (compacted), alerts
+
+Tables (memory store, restored from their Kafka changelogs on start):
+    user_days       "<partition>|<app>|<user>" -> active day ordinals (written when a user gains a day)
+    profiles        "<user>" -> scrubbed profile
+    metric_totals   "<metric>|<app>|<day>" -> per-partition counts, total, version
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+
+import faust
+
+from . import clickhouse
+from .active_users import ALL_APPS, PartitionActivity, day_iso
+from .alerts import AlertEngine, load_rules
+from .config import Settings
+from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
+from .enrich import load_mapping
+from .outcome import BatchCounts, Source
+from .pipeline import PartitionState, Stages, process_batch
+from .scrub import Scrubber, load_policy
+from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
+                   batch_token, dead_letter_row, write_with_retry)
+from .validate import Limits
+
+log = logging.getLogger(__name__)
+
+PARTIALS_TOPIC = "tally-active-user-partials"
+WATERMARK_KEY = "~watermark"
+
+
+def table_set(table, partition: int, key: str, value) -> None:
+    """Write a table key to an explicit changelog partition.
+
+    Faust picks the changelog partition from the *current* event, which inside a `take_events`
+    batch is the batch's last event: wrong for keys of the batch's other partitions."""
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def table_delete(table, partition: int, key: str) -> None:
+    table.data.pop(key, None)
+    table.send_changelog(partition, key, None)
+
+
+class Pipeline:
+    """The running worker's objects: Faust app, stages, per-partition state and counters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counts = BatchCounts()
+        self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
+        self.writer = ClickHouseWriter(clickhouse.connect(settings.clickhouse_dsn))
+        clickhouse.migrate(self.writer.client)
+        self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
+        self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
+        self.alerts = AlertEngine(load_rules(settings.alert_rules))
+        self.retry = RetryPolicy()
+        self.partition_states: dict[int, PartitionState] = {}
+        self.pending_metrics: dict[str, dict] = {}
+        self.pending_alerts: list[Alert] = []
+        self.metrics_emitted = 0
+        self.app = self._build_app()
+
+    # ---- Faust app ------------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{s.bootstrap}",
+            store="memory://",
+            datadir=str(s.data_dir / "faust"),
+            topic_partitions=s.partitions,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            stream_buffer_maxsize=max(4096, s.sink_batch_size * 2),
+            broker_commit_every=max(1000, s.sink_batch_size),
+            broker_commit_interval=1.0,
+            producer_linger_ms=5,
+            producer_max_request_size=4 * 1024 * 1024,
+            web_enabled=True,
+            web_host="127.0.0.1",
+            web_port=s.web_port,
+            web_in_thread=False,
+            table_standby_replicas=0,
+            logging_config=None,
+        )
+        self.app = app
+        topics = s.topics
+        self.actions_topic = app.topic(topics.user_actions, key_type=bytes, value_type=bytes,
+                                       key_serializer="raw", value_serializer="raw", partitions=s.partitions)
+        self.profiles_topic = app.topic(topics.user_profiles, key_type=bytes, value_type=bytes,
+                                        key_serializer="raw", value_serializer="raw", partitions=s.partitions)
+        self.dlq_topic = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw",
+                                   partitions=s.partitions)
+        self.metrics_topic = app.topic(topics.active_users, key_serializer="raw", value_serializer="raw",
+                                       partitions=1)
+        self.alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw", partitions=1)
+        self.partials_topic = app.topic(f"{s.app_id}-{PARTIALS_TOPIC}", value_type=bytes, key_serializer="raw",
+                                        value_serializer="raw", partitions=1, internal=True)
+
+        self.user_days = app.Table("user_days", key_type=str, value_type=None, partitions=s.partitions,
+                                   key_serializer="raw", value_serializer="json")
+        self.profiles = app.Table("profiles", key_type=str, partitions=s.partitions,
+                                  key_serializer="raw", value_serializer="json")
+        self.metric_totals = app.Table("metric_totals", key_type=str, partitions=1,
+                                       key_serializer="raw", value_serializer="json")
+
+        app.agent(self.actions_topic, name="actions")(self.actions_agent)
+        app.agent(self.profiles_topic, name="profiles")(self.profiles_agent)
+        app.agent(self.partials_topic, name="totals")(self.totals_agent)
+        app.timer(s.metric_interval_seconds)(self.flush_metrics)
+        app.on_partitions_revoked.connect(self.on_partitions_revoked)
+        from . import web
+        web.register(app, self)
+        return app
+
+    async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
+        for tp in revoked:
+            if tp.topic == self.settings.topics.user_actions:
+                self.partition_states.pop(tp.partition, None)
+
+    # ---- per-partition state --------------------------------------------------------------
+    def state_for(self, partition: int) -> PartitionState:
+        """This partition's state, rebuilt from the recovered user_days table the first time."""
+        state = self.partition_states.get(partition)
+        if state is None:
+            state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
+            prefix = f"{partition}|"
+            for key, days in list(self.user_days.data.items()):
+                if not key.startswith(prefix):
+                    continue
+                if key == prefix + WATERMARK_KEY:
+                    state.watermark_ms = int(days)
+                    continue
+                _, app, user = key.split("|", 2)
+                state.activity.restore(app, user, days)
+            if state.watermark_ms:
+                from .active_users import day_ordinal
+                state.activity.advance(day_ordinal(state.watermark_ms))
+            state.activity.take_dirty()  # restored counts were published before the restart
+            self.partition_states[partition] = state
+        return state
+
+    # ---- agents ---------------------------------------------------------------------------
+    async def actions_agent(self, stream) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.sink_batch_size, within=s.sink_batch_seconds):
+            await self.handle_actions(events)
+
+    async def handle_actions(self, events) -> None:
+        by_partition: dict[int, list] = defaultdict(list)
+        offsets: dict[int, tuple[int, int]] = {}
+        for event in events:
+            message = event.message
+            by_partition[message.partition].append(
+                (message.value, Source(message.topic, message.partition, message.offset, message.key,
+                                       int((message.timestamp or 0) * 1000))))
+            low, _ = offsets.get(message.partition, (message.offset, message.offset))
+            offsets[message.partition] = (low, message.offset)
+
+        rows: list[dict] = []
+        letters: list[DeadLetter] = []
+        partials = []
+        newest_by_app: dict[str, int] = {}
+        for partition, messages in by_partition.items():
+            state = self.state_for(partition)
+            result = process_batch(messages, state, self.stages, self.profiles.data)
+            rows.extend(result.rows)
+            letters.extend(result.dead_letters)
+            self.counts.add(result.counts)
+            for (app, user), days in result.user_days.items():
+                table_set(self.user_days, partition, f"{partition}|{app}|{user}", days)
+            for app, user in result.expired_users:
+                table_delete(self.user_days, partition, f"{partition}|{app}|{user}")
+            if result.rows:
+                table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms)
+            for key, value, target in result.reroutes:
+                await self.actions_topic.send(key=key, value=value, partition=target)
+            if result.metric_counts:
+                partials.append({"partition": partition, "watermark_day": state.activity.watermark_day,
+                                 "counts": [[m, a, d, c] for (m, a, d), c in result.metric_counts.items()]})
+            for app, ms in result.newest_event_ms.items():
+                newest_by_app[app] = max(ms, newest_by_app.get(app, 0))
+
+        token = batch_token(self.settings.topics.user_actions, offsets)
+        await write_with_retry(
+            lambda: self.writer.insert("user_actions", rows, USER_ACTION_COLUMNS, token), self.retry,
+            f"insert of {len(rows)} rows into user_actions")
+        if letters:
+            letter_rows = [dead_letter_row(letter) for letter in letters]
+            await write_with_retry(
+                lambda: self.writer.insert("dead_letters", letter_rows, DEAD_LETTER_COLUMNS, token), self.retry,
+                f"insert of {len(letters)} dead letters")
+            for letter in letters:
+                await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString())
+        for partial in partials:
+            partial["newest_event_ms"] = newest_by_app
+            await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode())
+        if newest_by_app and not partials:
+            await self.partials_topic.send(key=b"counts", value=json.dumps(
+                {"partition": -1, "counts": [], "newest_event_ms": newest_by_app}).encode())
+        for partition, (_, high) in offsets.items():
+            self.consumed_offsets[partition] = high
+
+    async def profiles_agent(self, stream) -> None:
+        async for events in stream.take_events(1000, within=0.5):
+            rows = []
+            for event in events:
+                profile = UserProfile()
+                try:
+                    profile.ParseFromString(event.message.value or b"")
+                except Exception:
+                    log.warning("undecodable profile at %s/%s", event.message.partition, event.message.offset)
+                    continue
+                if not profile.user:
+                    continue
+                self.scrubber.scrub_profile(profile)
+                value = {"email": profile.email, "title": profile.title, "team": profile.team,
+                         "ab_flags": dict(profile.ab_flags)}
+                table_set(self.profiles, event.message.partition, profile.user, value)
+                rows.append({"user": profile.user, "updated_at": profile.updated_epoch_ms or int(time.time() * 1000),
+                             **value})
+            token = f"profiles:{events[0].message.partition}@{events[0].message.offset}:{len(events)}" if events else ""
+            await write_with_retry(lambda: self.writer.insert("user_profiles", rows, PROFILE_COLUMNS, token),
+                                   self.retry, f"insert of {len(rows)} profiles")
+
+    async def totals_agent(self, stream) -> None:
+        """Sums the partitions' counts into exact totals (the partials topic has one partition, so
+        one worker owns every total and the alert rules see them all)."""
+        async for value in stream:
+            partial = json.loads(value)
+            now_ms = max(partial.get("newest_event_ms", {}).values(), default=0)
+            for app, ms in partial.get("newest_event_ms", {}).items():
+                self.pending_alerts.extend(self.alerts.on_event_time(app, ms))
+            partition = str(partial["partition"])
+            for metric, app, day, count in partial["counts"]:
+                key = f"{metric}|{app}|{day_iso(day)}"
+                entry = self.metric_totals.get(key) or {"parts": {}, "value": 0, "version": 0}
+                if entry["parts"].get(partition) == count:
+                    continue
+                entry["parts"][partition] = count
+                total = sum(entry["parts"].values())
+                if total == entry["value"]:
+                    self.metric_totals[key] = entry
+                    continue
+                entry["value"] = total
+                entry["version"] += 1
+                entry["correction"] = day < partial["watermark_day"]
+                entry["updated_ms"] = now_ms
+                self.metric_totals[key] = entry
+                self.pending_metrics[key] = entry
+                self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
+
+    async def flush_metrics(self) -> None:
+        """At most one MetricUpdate per key per interval: the latest value wins."""
+        pending, self.pending_metrics = self.pending_metrics, {}
+        for key, entry in pending.items():
+            metric, app, day = key.split("|")
+            update = MetricUpdate(metric=metric, app=app, day=day, value=entry["value"], version=entry["version"],
+                                  updated_epoch_ms=entry.get("updated_ms", 0), correction=entry.get("correction", False))
+            await self.metrics_topic.send(key=key.encode(), value=update.SerializeToString())
+        self.metrics_emitted += len(pending)
+        alerts, self.pending_alerts = self.pending_alerts, []
+        for alert in alerts:
+            await self.alerts_topic.send(key=f"{alert.rule}|{alert.app}".encode(), value=alert.SerializeToString())
+
+    # ---- views for the web endpoint ---------------------------------------------------------
+    def current_totals(self, metric: str | None = None, app: str | None = None) -> list[dict]:
+        rows = []
+        for key, entry in list(self.metric_totals.data.items()):
+            m, a, day = key.split("|")
+            if (metric and m != metric) or (app and a != app):
+                continue
+            rows.append({"metric": m, "app": a, "day": day, "value": entry["value"], "version": entry["version"]})
+        return sorted(rows, key=lambda r: (r["metric"], r["app"], r["day"]))
+
+
+def create_app(settings: Settings) -> Pipeline:
+    return Pipeline(settings)

@@ -1,0 +1,180 @@
+"""`tally demo`: the whole pipeline live on embedded defaults.
+
+Starts a local Kafka broker (unless --bootstrap names one), a worker, and the traffic generator
+(two weeks of multi-app traffic ending yesterday); prints progress while the worker catches up,
+then the active users it computed and a sample query answered by ClickHouse. Stops everything it
+started, also on Ctrl-C.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+SAMPLE_SQL = """
+SELECT app, event_name, count() AS events, uniqExact(user) AS users,
+       round(quantile(0.95)(duration_ms)) AS p95_ms, round(avg(has_error) * 100, 1) AS error_pct
+FROM user_actions GROUP BY app, event_name ORDER BY events DESC LIMIT 12
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, body: dict | None = None, timeout: float = 10.0):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b"{}")
+
+
+def wait_for_worker(web: str, worker: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with code {worker.returncode}")
+        try:
+            get_json(f"{web}/stats/", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("worker did not start serving its web endpoint")
+
+
+def print_table(columns: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c))
+              for i, c in enumerate(columns)]
+    print("  " + "  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+def stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_demo(args) -> int:
+    from .broker import broker_for
+    from .config import from_env
+
+    data_dir = Path(args.data_dir or ".tally/demo")
+    if data_dir.exists() and not args.keep:
+        shutil.rmtree(data_dir)
+    settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)
+    broker = None
+    worker = generator = None
+    tally = [sys.executable, "-m", "streams.cli"]
+    web_port = free_port()
+    web = f"http://127.0.0.1:{web_port}"
+    interrupted = False
+    try:
+        if not args.bootstrap:
+            broker = broker_for(settings)
+            print(f"starting Kafka (KRaft, single node) on {broker.bootstrap} ...", flush=True)
+            broker.start()
+        print("starting the Tally worker ...", flush=True)
+        worker_log = open(data_dir / "worker.log", "ab")
+        worker = subprocess.Popen([*tally, "worker", "--data-dir", str(data_dir), "--bootstrap", settings.bootstrap,
+                                   "--web-port", str(web_port)], stdout=worker_log, stderr=subprocess.STDOUT)
+        wait_for_worker(web, worker)
+        start_day = dt.date.today() - dt.timedelta(days=args.days)
+        print(f"generating {args.days} days of traffic from {start_day} for {args.users} users "
+              f"({args.events_per_day} events/day, up to {args.rate} events/s) ...", flush=True)
+        generator = subprocess.Popen(
+            [*tally, "generate", "--bootstrap", settings.bootstrap, "--seed", str(args.seed), "--days", str(args.days),
+             "--start-day", start_day.isoformat(), "--users", str(args.users),
+             "--events-per-day", str(args.events_per_day), "--rate", str(args.rate)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started = time.monotonic()
+        idle_polls = 0
+        last_consumed = -1
+        while True:
+            time.sleep(1.0)
+            stats = get_json(f"{web}/stats/")
+            elapsed = time.monotonic() - started
+            lag = sum(stats["consumer_lag"].values())
+            print(f"  {elapsed:5.0f}s  consumed {stats['consumed']:>8,}  stored {stats['delivered']:>8,}  "
+                  f"dead letters {stats['dead_lettered']:>5,}  duplicates {stats['duplicates']:>4,}  "
+                  f"inserts {stats['sink']['inserts']:>4}  lag {lag:>6,}", flush=True)
+            if worker.poll() is not None:
+                raise RuntimeError("worker stopped unexpectedly; see " + str(data_dir / "worker.log"))
+            if generator.poll() is not None:
+                idle_polls = idle_polls + 1 if stats["consumed"] == last_consumed and lag == 0 else 0
+                if idle_polls >= 2:
+                    break
+            last_consumed = stats["consumed"]
+        output = generator.stdout.read().strip()
+        if output:
+            print("generator: " + output.splitlines()[-1])
+        time.sleep(args.metric_settle)
+        report(web)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping ...")
+    finally:
+        stop(generator)
+        stop(worker)
+        if broker is not None:
+            broker.stop()
+        print(f"stopped. The demo's ClickHouse data stays in {data_dir} for "
+              f"`tally query --data-dir {data_dir} \"SELECT ...\"`")
+    return 130 if interrupted else 0
+
+
+def report(web: str) -> None:
+    totals = get_json(f"{web}/active-users/")
+    days = sorted({t["day"] for t in totals if t["metric"] == "dau"})
+    last_day = max((d for d in days if d < dt.date.today().isoformat()), default=None)
+    if last_day:
+        print(f"\nactive users on {last_day} (exact, live from the worker's Faust tables):")
+        by = {(t["metric"], t["app"]): t["value"] for t in totals if t["day"] == last_day}
+        apps = sorted({app for _, app in by})
+        print_table(["app", "DAU", "WAU", "MAU"], [[a, by.get(("dau", a), 0), by.get(("wau", a), 0),
+                                                   by.get(("mau", a), 0)] for a in apps])
+    answer = get_json(f"{web}/query/", {"sql": SAMPLE_SQL})
+    print("\nClickHouse: most frequent actions, their users, p95 duration and error rate")
+    if "error" in answer:
+        print("  query failed: " + answer["error"])
+    else:
+        print_table(answer["columns"], answer["rows"])
+    check = get_json(f"{web}/query/", {"sql": "SELECT ds, uniqExact(user) FROM user_actions "
+                                               "GROUP BY ds ORDER BY ds DESC LIMIT 1"})
+    if "rows" in check and check["rows"]:
+        day, users = check["rows"][0]
+        print(f"\nClickHouse says {users} distinct users on {day}; the live table says "
+              f"{next((t['value'] for t in totals if t['metric'] == 'dau' and t['app'] == '*' and t['day'] == day), '?')}")
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="run broker, worker and traffic generator live, then report")
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting one")
+    parser.add_argument("--data-dir", help="where the demo keeps its state (default .tally/demo)")
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--users", type=int, default=400)
+    parser.add_argument("--events-per-day", type=int, default=5000)
+    parser.add_argument("--rate", type=int, default=20000, help="events/s the generator sends at most")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the previous demo's data")
+    parser.add_argument("--metric-settle", type=float, default=2.0,
+                        help="seconds to let the last metric updates land before reporting")
+    parser.set_defaults(func=run_demo)

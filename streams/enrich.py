@@ -1,0 +1,207 @@
+"""Enrich: a validated `UserAction` becomes a row of `user_actions`.
+
+Derived columns (duration, UTC time and day, weekend flag, readable event name), typed KPI
+columns pulled out of the arguments by a declarative per-app mapping, the user's profile,
+and a session id. Pure functions; the only state (profiles, open sessions) is passed in.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .contract import UserAction
+from .outcome import Source
+
+SESSION_GAP_MS = 30 * 60_000
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+
+
+# ---- event names -------------------------------------------------------------------------
+
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+@functools.lru_cache(maxsize=4096)
+def event_name(command: str) -> str:
+    """A readable, Proper Case name (the Amplitude seed's rule).
+
+    `_get_table_metadata` -> "Get Table Metadata", `SearchSubmitted` -> "Search Submitted",
+    `ViewRepogroup:python` -> "View Repogroup: python". Names already in the `<object>.<action>`
+    convention (`dashboard.viewed`, the Lightdash seed) are kept as they are.
+    """
+    if "." in command and " " not in command:
+        return command
+    base, colon, qualifier = command.partition(":")
+    spaced = _WORD_BOUNDARY.sub(" ", base.replace("_", " ").replace("-", " "))
+    words = [w[:1].upper() + w[1:] for w in spaced.split()]
+    name = " ".join(words) or command
+    return f"{name}: {qualifier}" if colon else name
+
+
+# ---- property mapping --------------------------------------------------------------------
+
+KPI_COLUMNS = ("search_term", "result_index", "source", "resource_key", "target_type")
+
+
+@dataclass(frozen=True)
+class PropertyMapping:
+    """Column -> ordered sources, each a (kind, path) pair; per_app entries are already merged with default."""
+    default: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]
+    per_app: dict[str, dict[str, tuple[tuple[str, tuple[str, ...]], ...]]]
+    target_type_from_command: tuple[tuple[str, str], ...]
+
+    def for_app(self, app: str) -> dict:
+        columns = self.per_app.get(app)
+        return self.default if columns is None else columns
+
+
+def _parse_sources(column: str, sources: list, where: str) -> tuple:
+    if column not in KPI_COLUMNS:
+        raise ValueError(f"{where}: unknown column {column!r}; expected one of {', '.join(KPI_COLUMNS)}")
+    parsed = []
+    for source in sources:
+        kind, _, path = str(source).partition(".")
+        if kind not in ("kwargs", "args", "props", "field") or not path:
+            raise ValueError(f"{where}.{column}: bad source {source!r}; use kwargs.KEY, args.N, props.KEY or field.NAME")
+        parsed.append((kind, tuple(path.split(".")) if kind == "kwargs" else (path,)))
+    return tuple(parsed)
+
+
+def load_mapping(path: str | Path | None = None) -> PropertyMapping:
+    """Load and check the mapping file; None -> the bundled streams/policies/properties.yaml."""
+    text = Path(path).read_text() if path else resources.files("streams.policies").joinpath("properties.yaml").read_text()
+    doc = yaml.safe_load(text) or {}
+    default = {c: _parse_sources(c, s, "default") for c, s in (doc.get("default") or {}).items()}
+    per_app = {app: {**default, **{c: _parse_sources(c, s, f"apps.{app}") for c, s in cols.items()}}
+               for app, cols in (doc.get("apps") or {}).items()}
+    from_command = tuple((str(k), str(v)) for k, v in (doc.get("target_type_from_command") or {}).items())
+    return PropertyMapping(default, per_app, from_command)
+
+
+def _lookup(kind: str, path: tuple[str, ...], action: UserAction, kwargs: dict, pos_args: list):
+    if kind == "kwargs":
+        value = kwargs
+        for part in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+    if kind == "props":
+        return action.properties.get(path[0])
+    if kind == "args":
+        index = int(path[0])
+        return pos_args[index] if index < len(pos_args) else None
+    return getattr(action, path[0], None)
+
+
+def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping) -> dict:
+    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type)."""
+    found: dict = {}
+    for column, sources in mapping.for_app(action.app).items():
+        for kind, path in sources:
+            value = _lookup(kind, path, action, kwargs, pos_args)
+            if value not in (None, ""):
+                found[column] = value
+                break
+    index = found.get("result_index")
+    if index is not None:
+        try:
+            found["result_index"] = int(index)
+        except (TypeError, ValueError):
+            found["result_index"] = None
+    if "target_type" not in found:
+        command = action.command.lower()
+        for pattern, target_type in mapping.target_type_from_command:
+            if pattern in command:
+                found["target_type"] = target_type
+                break
+    return found
+
+
+# ---- the row -----------------------------------------------------------------------------
+
+def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, mapping: PropertyMapping,
+           ingested_ms: int) -> dict:
+    """One `user_actions` row (before scrubbing and the profile join)."""
+    start = action.start_epoch_ms
+    end = action.end_epoch_ms or start
+    day = dt.date.fromordinal(_EPOCH_DAY + start // 86_400_000)
+    extracted = extract_properties(action, kwargs, pos_args, mapping)
+    return {
+        "event_id": action.event_id,
+        "app": action.app,
+        "command": action.command,
+        "event_name": event_name(action.command),
+        "user": action.user,
+        "ts": start,
+        "ds": day,
+        "is_weekend": 1 if day.weekday() >= 5 else 0,
+        "start_epoch_ms": start,
+        "end_epoch_ms": end,
+        "duration_ms": end - start,
+        "host_name": action.host_name,
+        "session_id": action.session_id,
+        "pos_args_json": action.pos_args_json,
+        "keyword_args_json": action.keyword_args_json,
+        "output": action.output,
+        "error": action.error,
+        "has_error": 1 if action.error else 0,
+        "target_id": action.target_id,
+        "target_type": str(extracted.get("target_type", "")),
+        "label": action.label,
+        "location": action.location,
+        "value": action.value,
+        "properties": dict(action.properties),
+        "search_term": str(extracted.get("search_term", "")),
+        "result_index": extracted.get("result_index"),
+        "source": str(extracted.get("source", "")),
+        "resource_key": str(extracted.get("resource_key", "")),
+        "user_email": "",
+        "user_title": "",
+        "user_team": "",
+        "ab_flags": {},
+        "scrubbed_fields": [],
+        "kafka_partition": source.partition,
+        "kafka_offset": source.offset,
+        "ingested_at": ingested_ms,
+    }
+
+
+def join_profile(row: dict, profile: dict | None) -> dict:
+    """Copy the user's profile (already scrubbed) onto the row: the Amplitude seed's user properties."""
+    if profile:
+        row["user_email"] = profile.get("email", "")
+        row["user_title"] = profile.get("title", "")
+        row["user_team"] = profile.get("team", "")
+        row["ab_flags"] = profile.get("ab_flags") or {}
+    return row
+
+
+def assign_session(row: dict, open_sessions: dict[str, tuple[str, int]]) -> dict:
+    """Keep the producer's session id; else continue the user's session, or start one after 30 min idle.
+
+    `open_sessions` maps user -> (session_id, last event ms) and is updated here. A derived id is a
+    hash of the user and the session's first event time, so a replay derives the same ids.
+    """
+    user, ts = row["user"], row["ts"]
+    if row["session_id"]:
+        open_sessions[user] = (row["session_id"], ts)
+        return row
+    current = open_sessions.get(user)
+    if current is not None and 0 <= ts - current[1] <= SESSION_GAP_MS:
+        session_id = current[0]
+    elif current is not None and ts < current[1]:
+        session_id = current[0]  # out of order within the session: keep it, don't move its end back
+        ts = current[1]
+    else:
+        session_id = "s_" + hashlib.blake2b(f"{user}|{ts}".encode(), digest_size=8).hexdigest()
+    row["session_id"] = session_id
+    open_sessions[user] = (session_id, ts)
+    return row

@@ -1,0 +1,64 @@
+"""What a stage can say about an event: kept, or rejected with a reason for the dead-letter topic.
+
+Stages raise `Rejected`; only the wiring turns it into a dead-letter message and a counter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Dead-letter reason codes (stable: they are stored and alerted on).
+UNDECODABLE = "undecodable"
+OVERSIZED = "oversized"
+UNSUPPORTED_SCHEMA = "unsupported_schema_version"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"
+INVALID_UTF8 = "invalid_utf8"
+INVALID_JSON = "invalid_json"
+END_BEFORE_START = "end_before_start"
+FUTURE_TIMESTAMP = "future_timestamp"
+TOO_LATE = "too_late"
+IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"
+
+REASONS = (UNDECODABLE, OVERSIZED, UNSUPPORTED_SCHEMA, MISSING_FIELD, INVALID_FIELD, INVALID_UTF8,
+           INVALID_JSON, END_BEFORE_START, FUTURE_TIMESTAMP, TOO_LATE, IMPLAUSIBLE_TIMESTAMP)
+
+
+class Rejected(Exception):
+    """An event the pipeline refuses; `reason` is one of REASONS, `detail` says what was wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Source(NamedTuple):
+    """Where a message came from: enough to find it again and to account for its offset."""
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    timestamp_ms: int = 0
+
+
+@dataclass
+class BatchCounts:
+    """Every consumed offset ends in exactly one of these."""
+    delivered: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    rerouted: int = 0  # keyed to the wrong partition; re-sent keyed by user
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def consumed(self) -> int:
+        return self.delivered + self.dead_lettered + self.duplicates + self.rerouted
+
+    def add(self, other: "BatchCounts") -> None:
+        self.delivered += other.delivered
+        self.dead_lettered += other.dead_lettered
+        self.duplicates += other.duplicates
+        self.rerouted += other.rerouted
+        for reason, n in other.dead_letters_by_reason.items():
+            self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + n

@@ -1,0 +1,131 @@
+"""Sink: batches of rows into ClickHouse, idempotently, with retry and backpressure.
+
+Idempotency has two layers, because either alone leaves a gap:
+- every insert carries `insert_deduplication_token` made from the batch's Kafka offsets, so a batch
+  retried after a ClickHouse error (same rows, same token) is dropped by the server
+  (`non_replicated_deduplication_window` on the tables; replicated tables do it by default);
+- `user_actions` is a ReplacingMergeTree keyed by event_id, so rows redelivered after a worker crash,
+  which arrive in differently cut batches and so with other tokens, still collapse to one.
+The caller commits Kafka offsets only after `write` returned: rows are durable first.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.json_format import MessageToDict
+
+from .contract import DeadLetter, UserAction
+
+log = logging.getLogger(__name__)
+
+USER_ACTION_COLUMNS = (
+    "event_id", "app", "command", "event_name", "user", "ts", "ds", "is_weekend", "start_epoch_ms",
+    "end_epoch_ms", "duration_ms", "host_name", "session_id", "pos_args_json", "keyword_args_json", "output",
+    "error", "has_error", "target_id", "target_type", "label", "location", "value", "properties", "search_term",
+    "result_index", "source", "resource_key", "user_email", "user_title", "user_team", "ab_flags",
+    "scrubbed_fields", "kafka_partition", "kafka_offset", "ingested_at")
+
+DEAD_LETTER_COLUMNS = (
+    "reason", "detail", "source_topic", "source_partition", "source_offset", "received_at", "payload_size",
+    "payload_sha256", "scrubbed_payload", "event_id", "app", "user", "scrubbed_fields")
+
+PROFILE_COLUMNS = ("user", "email", "title", "team", "ab_flags", "updated_at")
+
+
+def to_columns(rows: list[dict], columns: tuple[str, ...]) -> list[list]:
+    """Row dicts -> one list per column (clickhouse-connect's column-oriented insert)."""
+    return [[row[name] for row in rows] for name in columns]
+
+
+def dead_letter_row(letter: DeadLetter) -> dict:
+    payload = ""
+    if letter.scrubbed_payload:
+        action = UserAction()
+        action.ParseFromString(letter.scrubbed_payload)
+        payload = json.dumps(MessageToDict(action, preserving_proto_field_name=True), ensure_ascii=False)
+    return {"reason": letter.reason, "detail": letter.detail, "source_topic": letter.source_topic,
+            "source_partition": letter.source_partition, "source_offset": letter.source_offset,
+            "received_at": letter.received_epoch_ms, "payload_size": letter.payload_size,
+            "payload_sha256": letter.payload_sha256, "scrubbed_payload": payload, "event_id": letter.event_id,
+            "app": letter.app, "user": letter.user, "scrubbed_fields": list(letter.scrubbed_fields)}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 30.0
+    max_attempts: int | None = None  # None: retry until it works (the worker stops consuming meanwhile)
+
+
+@dataclass
+class SinkStats:
+    inserts: int = 0
+    rows: int = 0
+    failures: int = 0
+    insert_seconds: float = 0.0
+    last_batch_rows: int = 0
+    max_batch_rows: int = 0
+
+
+class ClickHouseWriter:
+    """Inserts into one ClickHouse database. Thread-safe: calls are serialised with a lock, since an
+    embedded chDB session and the worker's query endpoint share one client."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.stats = SinkStats()
+
+    def insert(self, table: str, rows: list[dict], columns: tuple[str, ...], dedup_token: str) -> None:
+        if not rows:
+            return
+        data = to_columns(rows, columns)
+        started = time.perf_counter()
+        with self.lock:
+            self.client.insert(table, data, column_names=list(columns), column_oriented=True,
+                               settings={"insert_deduplication_token": dedup_token})
+        self.stats.insert_seconds += time.perf_counter() - started
+        self.stats.inserts += 1
+        self.stats.rows += len(rows)
+        self.stats.last_batch_rows = len(rows)
+        self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))
+
+    def query(self, sql: str, parameters: dict | None = None):
+        with self.lock:
+            return self.client.query(sql, parameters=parameters)
+
+
+async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what: str,
+                           sleep=asyncio.sleep, run=None) -> int:
+    """Run the blocking `write` (in a thread) until it succeeds; returns the number of attempts.
+
+    While this waits the agent does not return, so Faust acks nothing and the consumer stops
+    fetching once its buffer is full: backpressure instead of loss."""
+    run = run or (lambda fn: asyncio.get_running_loop().run_in_executor(None, fn))
+    backoff = policy.initial_backoff_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await run(write)
+            if attempt > 1:
+                log.warning("%s succeeded after %d attempts", what, attempt)
+            return attempt
+        except Exception as exc:
+            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+                raise
+            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt,
+                      str(exc).splitlines()[0][:300], backoff)
+            await sleep(backoff)
+            backoff = min(backoff * 2, policy.max_backoff_s)
+
+
+def batch_token(topic: str, offsets: dict[int, tuple[int, int]]) -> str:
+    """Deduplication token for the rows of a batch: its topic and per-partition offset ranges."""
+    return topic + ":" + ",".join(f"{p}@{lo}-{hi}" for p, (lo, hi) in sorted(offsets.items()))

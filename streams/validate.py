@@ -1,0 +1,100 @@
+"""Validate: raw Kafka bytes in, a decoded `UserAction` out, or `Rejected` with a reason.
+
+Time checks use event time: lateness against the partition's own watermark (the newest event
+time it has seen), so a replayed backfill is judged exactly as it was live. The wall clock only
+bounds the future: no real event is stamped after "now".
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from .contract import SCHEMA_VERSION, UserAction
+from .outcome import (END_BEFORE_START, FUTURE_TIMESTAMP, IMPLAUSIBLE_TIMESTAMP, INVALID_FIELD, INVALID_JSON,
+                      INVALID_UTF8, MISSING_FIELD, OVERSIZED, TOO_LATE, UNDECODABLE, UNSUPPORTED_SCHEMA,
+                      Rejected)
+
+DAY_MS = 86_400_000
+EARLIEST_PLAUSIBLE_MS = 946_684_800_000  # 2000-01-01: anything older is a unit or clock bug
+MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 256 * 1024
+    max_field_bytes: int = 64 * 1024
+    allowed_lateness_ms: int = 3 * DAY_MS
+    max_future_ms: int = 10 * 60_000
+    max_duration_ms: int = DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(max_message_bytes=settings.max_message_bytes,
+                   allowed_lateness_ms=settings.allowed_lateness_days * DAY_MS,
+                   max_future_ms=settings.max_future_ms)
+
+
+def decode(raw: bytes | None, limits: Limits) -> UserAction:
+    """Parse the Protobuf bytes; size and UTF-8 problems are rejected before anything else."""
+    if raw is None:
+        raise Rejected(UNDECODABLE, "empty message (tombstone)")
+    if len(raw) > limits.max_message_bytes:
+        raise Rejected(OVERSIZED, f"message is {len(raw)} bytes, limit {limits.max_message_bytes}")
+    action = UserAction()
+    try:
+        action.ParseFromString(raw)
+    except DecodeError as exc:
+        # upb reports invalid UTF-8 in string fields as a DecodeError too
+        reason = INVALID_UTF8 if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else UNDECODABLE
+        raise Rejected(reason, f"not a tally.v1.UserAction: {exc}") from None
+    return action
+
+
+_TEXT_FIELDS = ("pos_args_json", "keyword_args_json", "output", "error", "label", "value", "location",
+                "target_id", "host_name", "session_id")
+
+
+def check(action: UserAction, limits: Limits, watermark_ms: int, now_ms: int) -> None:
+    """Raise `Rejected` if the decoded action breaks the contract."""
+    if action.schema_version > SCHEMA_VERSION or action.schema_version == 0:
+        raise Rejected(UNSUPPORTED_SCHEMA,
+                       f"schema_version {action.schema_version}; this pipeline reads 1..{SCHEMA_VERSION}")
+    for name in ("event_id", "user", "command", "app"):
+        value = getattr(action, name)
+        if not value:
+            raise Rejected(MISSING_FIELD, f"{name} is empty")
+        if len(value) > MAX_ID_CHARS:
+            raise Rejected(INVALID_FIELD, f"{name} is {len(value)} chars, limit {MAX_ID_CHARS}")
+    for name in _TEXT_FIELDS:
+        if len(getattr(action, name)) > limits.max_field_bytes:
+            raise Rejected(OVERSIZED, f"{name} is over {limits.max_field_bytes} bytes")
+    start, end = action.start_epoch_ms, action.end_epoch_ms
+    if start == 0:
+        raise Rejected(MISSING_FIELD, "start_epoch_ms is empty")
+    if start < EARLIEST_PLAUSIBLE_MS:
+        raise Rejected(IMPLAUSIBLE_TIMESTAMP, f"start_epoch_ms {start} is before 2000-01-01 (seconds, not ms?)")
+    if end and end < start:
+        raise Rejected(END_BEFORE_START, f"end_epoch_ms {end} is {start - end} ms before start_epoch_ms")
+    if end and end - start > limits.max_duration_ms:
+        raise Rejected(INVALID_FIELD, f"duration {end - start} ms is over {limits.max_duration_ms} ms")
+    if start > now_ms + limits.max_future_ms:
+        raise Rejected(FUTURE_TIMESTAMP, f"start_epoch_ms {start} is {start - now_ms} ms ahead of the clock")
+    if watermark_ms and start < watermark_ms - limits.allowed_lateness_ms:
+        raise Rejected(TOO_LATE, f"event is {(watermark_ms - start) // 1000} s behind the stream, "
+                                 f"allowed lateness {limits.allowed_lateness_ms // 1000} s")
+
+
+def parse_json_field(action: UserAction, name: str, expected: type):
+    """The parsed JSON of an argument field ({} / [] when empty); `Rejected` when it is not valid JSON."""
+    text = getattr(action, name)
+    if not text:
+        return expected()
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise Rejected(INVALID_JSON, f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, expected):
+        raise Rejected(INVALID_JSON, f"{name} must be a JSON {expected.__name__}, got {type(value).__name__}")
+    return value

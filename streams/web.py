@@ -1,0 +1,103 @@
+"""The worker's HTTP endpoint (Faust's web server, on 127.0.0.1:web_port).
+
+    GET  /active-users?metric=&app=   current exact totals, JSON (for `tally metrics`, dashboards)
+    GET  /stats                       pipeline counters, JSON
+    GET  /metrics                     the same as Prometheus text
+    POST /query  {"sql", "parameters"}  runs SQL on this worker's ClickHouse (chDB has one owner)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from faust.web import View
+
+
+def _stats(pipeline) -> dict:
+    counts = pipeline.counts
+    sink = pipeline.writer.stats
+    lag = {}
+    consumer = pipeline.app.consumer
+    for tp in consumer.assignment():
+        if tp.topic == pipeline.settings.topics.user_actions:
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            done = pipeline.consumed_offsets.get(tp.partition, -1) + 1
+            lag[tp.partition] = max(0, (high or 0) - done)
+    return {
+        "consumed": counts.consumed, "delivered": counts.delivered, "dead_lettered": counts.dead_lettered,
+        "duplicates": counts.duplicates, "rerouted": counts.rerouted,
+        "dead_letters_by_reason": dict(counts.dead_letters_by_reason),
+        "sink": {"inserts": sink.inserts, "rows": sink.rows, "insert_seconds": round(sink.insert_seconds, 3),
+                 "last_batch_rows": sink.last_batch_rows, "max_batch_rows": sink.max_batch_rows},
+        "consumer_lag": lag, "metric_updates": pipeline.metrics_emitted,
+        "alerts_firing": pipeline.alerts.state(),
+    }
+
+
+def prometheus_text(stats: dict) -> str:
+    lines = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP tally_{name} {help_text}")
+        lines.append(f"# TYPE tally_{name} {kind}")
+        lines.extend(f"tally_{name}{labels} {value}" for labels, value in samples)
+
+    for stage in ("consumed", "delivered", "dead_lettered", "duplicates", "rerouted"):
+        metric(f"events_{stage}_total", "counter", f"events {stage.replace('_', ' ')}", [("", stats[stage])])
+    metric("dead_letters_total", "counter", "dead letters by reason",
+           [(f'{{reason="{r}"}}', n) for r, n in sorted(stats["dead_letters_by_reason"].items())])
+    sink = stats["sink"]
+    metric("sink_inserts_total", "counter", "ClickHouse inserts", [("", sink["inserts"])])
+    metric("sink_rows_total", "counter", "rows inserted", [("", sink["rows"])])
+    metric("sink_insert_seconds_total", "counter", "time spent inserting", [("", sink["insert_seconds"])])
+    metric("sink_last_batch_rows", "gauge", "rows in the last insert", [("", sink["last_batch_rows"])])
+    metric("consumer_lag", "gauge", "messages not yet processed per input partition",
+           [(f'{{partition="{p}"}}', n) for p, n in sorted(stats["consumer_lag"].items())])
+    metric("metric_updates_total", "counter", "MetricUpdate messages published", [("", stats["metric_updates"])])
+    return "\n".join(lines) + "\n"
+
+
+def register(app, pipeline) -> None:
+    @app.page("/active-users/")
+    class ActiveUsers(View):
+        async def get(self, request):
+            query = request.query
+            return self.json(pipeline.current_totals(query.get("metric"), query.get("app")))
+
+    @app.page("/stats/")
+    class Stats(View):
+        async def get(self, request):
+            return self.json(_stats(pipeline))
+
+    @app.page("/metrics/")
+    class Metrics(View):
+        async def get(self, request):
+            return self.bytes(prometheus_text(_stats(pipeline)).encode(),
+                              content_type="text/plain; version=0.0.4")
+
+    @app.page("/query/")
+    class Query(View):
+        async def post(self, request):
+            from .analyst import handle_query_request
+            body = json.loads(await request.text() or "{}")
+            status, answer = await asyncio.get_running_loop().run_in_executor(
+                None, handle_query_request, _LockedClient(pipeline.writer), body)
+            return self.bytes(json.dumps(answer, default=str).encode(), status=status,
+                              content_type="application/json")
+
+
+class _LockedClient:
+    """The writer's client behind its lock, so queries never interleave with inserts on chDB."""
+
+    def __init__(self, writer) -> None:
+        self._writer = writer
+
+    def query(self, sql, parameters=None, **kwargs):
+        with self._writer.lock:
+            return self._writer.client.query(sql, parameters=parameters, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._writer.client, name)

@@ -1,0 +1,81 @@
+"""`tally worker` (the Faust worker) and `tally migrate`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def worker_file(data_dir: Path) -> Path:
+    """Written while a worker runs: how `tally query` finds the process that owns chDB."""
+    return data_dir / "worker.json"
+
+
+def run_worker(settings, loglevel: str = "WARNING") -> None:
+    import faust
+
+    from .app import create_app
+    from .broker import create_topics, pipeline_topics
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    counts, compacted = pipeline_topics(settings)
+    asyncio.run(create_topics(settings.bootstrap, counts, compacted))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
+    pipeline = create_app(settings)
+    marker = worker_file(settings.data_dir)
+    marker.write_text(json.dumps({"pid": os.getpid(), "web_port": settings.web_port,
+                                  "clickhouse": settings.clickhouse_dsn if not settings.is_embedded_clickhouse else "chdb"}))
+    try:
+        worker = faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker.execute_from_commandline()
+    finally:
+        marker.unlink(missing_ok=True)
+        from . import clickhouse
+        clickhouse.close_all()
+
+
+def add_cli(subparsers) -> None:
+    from .cli import add_settings_args
+    parser = subparsers.add_parser("worker", help="run the Faust worker: Kafka -> stages -> ClickHouse")
+    add_settings_args(parser)
+    parser.add_argument("--web-port", type=int, help="HTTP port for /stats, /metrics, /active-users, /query")
+    parser.add_argument("--partitions", type=int, help="partitions of the input topic (default 4)")
+    parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert at most")
+    parser.add_argument("--batch-seconds", type=float, help="seconds a batch may wait to fill")
+    parser.add_argument("--app-id", help="Faust app id = Kafka consumer group (default tally)")
+    parser.add_argument("--lateness-days", type=int, help="allowed lateness in event-time days (default 3)")
+    parser.add_argument("--alert-rules", help="YAML file of alert rules")
+    parser.add_argument("--scrub-policy", help="YAML scrub policy (default: the bundled one)")
+    parser.add_argument("--worker-log-level", default="WARNING")
+    parser.set_defaults(func=_cli_worker)
+
+    migrate = subparsers.add_parser("migrate", help="apply ClickHouse migrations (the worker also does at start)")
+    add_settings_args(migrate)
+    migrate.set_defaults(func=_cli_migrate)
+
+
+def settings_for_worker(args):
+    from .cli import settings_from_args
+    return settings_from_args(
+        args, web_port=args.web_port, partitions=args.partitions, sink_batch_size=args.batch_size,
+        sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
+        alert_rules=Path(args.alert_rules) if args.alert_rules else None,
+        scrub_policy=Path(args.scrub_policy) if args.scrub_policy else None)
+
+
+def _cli_worker(args) -> int:
+    run_worker(settings_for_worker(args), loglevel=args.worker_log_level)
+    return 0
+
+
+def _cli_migrate(args) -> int:
+    from . import clickhouse
+    from .cli import settings_from_args
+    settings = settings_from_args(args)
+    applied = clickhouse.migrate(clickhouse.connect(settings.clickhouse_dsn))
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0

@@ -1,0 +1,85 @@
+"""Incremental per-partition counts equal brute-force distinct counts, however the input is split."""
+import datetime as dt
+import random
+
+import pytest
+
+from streams.active_users import (ALL_APPS, CALENDAR_WAU, PartitionActivity, day_ordinal, exact_counts)
+
+D0 = dt.date(2026, 3, 2).toordinal()  # a Monday
+
+
+def run(activity_triples, partitions=1, lateness=3, shuffle_seed=None):
+    """Feed (app, user, day) into per-partition activities (users sharded by hash); sum the counts."""
+    triples = list(activity_triples)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(triples)
+    parts = [PartitionActivity(lateness) for _ in range(partitions)]
+    for app, user, day in triples:
+        part = parts[hash(user) % partitions]
+        part.add(app, user, day)
+        part.add(ALL_APPS, user, day)
+    totals = {}
+    for part in parts:
+        for key, n in part.counts.items():
+            totals[key] = totals.get(key, 0) + n
+    return {k: v for k, v in totals.items() if v}
+
+
+def test_dau_wau_mau_by_hand():
+    # ann active Mon and Tue, bob on Tue, ann again a week later
+    triples = [("cat", "ann", D0), ("cat", "ann", D0 + 1), ("cat", "bob", D0 + 1), ("cat", "ann", D0 + 7)]
+    counts = run(triples)
+    assert counts[("dau", "cat", D0)] == 1
+    assert counts[("dau", "cat", D0 + 1)] == 2
+    assert counts[("wau", "cat", D0 + 6)] == 2      # window D0..D0+6 holds ann and bob
+    assert counts[("wau", "cat", D0 + 7)] == 2      # D0+1..D0+7: ann (D0+1, D0+7) and bob
+    assert counts[("wau", "cat", D0 + 8)] == 1      # D0+2..D0+8: only ann
+    assert counts[("mau", "cat", D0 + 27)] == 2
+    assert counts[("mau", "cat", D0 + 28)] == 2      # D0+1..D0+28 still holds both
+    assert counts[("mau", "cat", D0 + 29)] == 1      # D0+2..D0+29: only ann (D0+7)
+    assert ("mau", "cat", D0 + 35) not in counts    # nobody active in D0+8..D0+35
+    assert counts[(CALENDAR_WAU, "cat", D0)] == 2
+    assert counts[(CALENDAR_WAU, "cat", D0 + 7)] == 1
+    assert counts[("dau", ALL_APPS, D0 + 1)] == 2
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_incremental_counts_equal_brute_force(partitions, seed):
+    rnd = random.Random(seed)
+    triples = [(rnd.choice(["cat", "bi", "code"]), f"u{rnd.randrange(60)}", D0 + rnd.randrange(40))
+               for _ in range(3000)]
+    # arrival order is arbitrary: counts only depend on the set of (app, user, day)
+    assert run(triples, partitions, lateness=60, shuffle_seed=seed) == exact_counts(triples)
+
+
+def test_redelivery_never_counts_twice():
+    triples = [("cat", f"u{i % 7}", D0 + i % 5) for i in range(50)]
+    assert run(triples + triples[:20]) == exact_counts(triples)
+
+
+def test_restore_from_persisted_days_gives_same_counts():
+    rnd = random.Random(5)
+    original = PartitionActivity(lateness_days=60)
+    for _ in range(500):
+        original.add("cat", f"u{rnd.randrange(30)}", D0 + rnd.randrange(30))
+    restored = PartitionActivity(lateness_days=60)
+    for (app, user), days in original.user_days.items():
+        restored.restore(app, user, days)
+    assert restored.counts == original.counts
+
+
+def test_advance_forgets_old_users_and_final_days():
+    activity = PartitionActivity(lateness_days=3)
+    activity.add("cat", "old", D0)
+    activity.add("cat", "new", D0 + 40)
+    expired = activity.advance(D0 + 40)
+    assert expired == [("cat", "old")]
+    assert ("cat", "new") in activity.user_days
+    assert all(day >= D0 + 40 - 3 - 7 for _, _, day in activity.counts)
+
+
+def test_day_ordinal_is_utc_day():
+    assert dt.date.fromordinal(day_ordinal(1_700_000_000_000)) == dt.date(2023, 11, 14)
+    assert dt.date.fromordinal(day_ordinal(1_699_919_999_999)) == dt.date(2023, 11, 13)

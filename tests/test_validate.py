@@ -1,0 +1,61 @@
+"""Validation: every way a message can be wrong ends in a precise reason code."""
+import pytest
+
+from streams import outcome
+from streams.contract import UserAction
+from streams.outcome import Rejected
+from streams.validate import DAY_MS, Limits, check, decode, parse_json_field
+
+NOW = 1_764_000_000_000
+LIMITS = Limits()
+
+
+def good(**changes) -> UserAction:
+    fields = dict(event_id="e1", app="amundsen", user="ann@example.com", command="search_table",
+                  schema_version=1, start_epoch_ms=NOW - 1000, end_epoch_ms=NOW - 900,
+                  keyword_args_json='{"search_term": "orders"}', pos_args_json="[]")
+    fields.update(changes)
+    return UserAction(**fields)
+
+
+def reason_of(raw: bytes, watermark_ms: int = 0) -> str | None:
+    try:
+        action = decode(raw, LIMITS)
+        check(action, LIMITS, watermark_ms, NOW)
+        parse_json_field(action, "keyword_args_json", dict)
+        parse_json_field(action, "pos_args_json", list)
+    except Rejected as rejected:
+        return rejected.reason
+    return None
+
+
+CASES = [
+    ("valid", good().SerializeToString(), 0, None),
+    ("garbage bytes", b"\xff\xfe\x00garbage", 0, outcome.UNDECODABLE),
+    ("tombstone", None, 0, outcome.UNDECODABLE),
+    ("huge", good(output="x" * 300_000).SerializeToString(), 0, outcome.OVERSIZED),
+    ("huge field", good(error="x" * 70_000).SerializeToString(), 0, outcome.OVERSIZED),
+    ("future schema", good(schema_version=2).SerializeToString(), 0, outcome.UNSUPPORTED_SCHEMA),
+    ("no schema", good(schema_version=0).SerializeToString(), 0, outcome.UNSUPPORTED_SCHEMA),
+    ("no user", good(user="").SerializeToString(), 0, outcome.MISSING_FIELD),
+    ("no command", good(command="").SerializeToString(), 0, outcome.MISSING_FIELD),
+    ("no event id", good(event_id="").SerializeToString(), 0, outcome.MISSING_FIELD),
+    ("no start", good(start_epoch_ms=0, end_epoch_ms=0).SerializeToString(), 0, outcome.MISSING_FIELD),
+    ("seconds not ms", good(start_epoch_ms=1_764_000_000, end_epoch_ms=0).SerializeToString(), 0,
+     outcome.IMPLAUSIBLE_TIMESTAMP),
+    ("end before start", good(end_epoch_ms=NOW - 2000).SerializeToString(), 0, outcome.END_BEFORE_START),
+    ("from the future", good(start_epoch_ms=NOW + DAY_MS, end_epoch_ms=0).SerializeToString(), 0,
+     outcome.FUTURE_TIMESTAMP),
+    ("late within lateness", good().SerializeToString(), NOW + 2 * DAY_MS, None),
+    ("late beyond lateness", good().SerializeToString(), NOW + 4 * DAY_MS, outcome.TOO_LATE),
+    ("bad kwargs json", good(keyword_args_json="{oops").SerializeToString(), 0, outcome.INVALID_JSON),
+    ("kwargs not an object", good(keyword_args_json="[1]").SerializeToString(), 0, outcome.INVALID_JSON),
+    ("args not a list", good(pos_args_json='{"a": 1}').SerializeToString(), 0, outcome.INVALID_JSON),
+    ("invalid utf-8", good(user="ANN").SerializeToString().replace(b"ANN", b"\xff\xfeN"), 0, outcome.INVALID_UTF8),
+    ("user id too long", good(user="u" * 300).SerializeToString(), 0, outcome.INVALID_FIELD),
+]
+
+
+@pytest.mark.parametrize("name,raw,watermark,expected", CASES, ids=[c[0] for c in CASES])
+def test_reason(name, raw, watermark, expected):
+    assert reason_of(raw, watermark) == expected
