@@ -119,7 +119,7 @@ def exact_counts(activity: Iterable[tuple[str, str, int]]) -> dict[MetricKey, in
         return {}
     result: dict[MetricKey, int] = {}
     for app in apps:
-        for end in range(min(days), max(days) + 28):
+        for end in range(min(days) - 6, max(days) + 28):  # from the Monday of the first week
             for metric, width in WINDOWS.items():
                 users: set[str] = set()
                 for day in range(end - width + 1, end + 1):

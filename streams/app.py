@@ -23,7 +23,7 @@ from collections import defaultdict
 import faust
 
 from . import clickhouse
-from .active_users import ALL_APPS, PartitionActivity, day_iso
+from .active_users import PartitionActivity, day_iso, day_ordinal
 from .alerts import AlertEngine, load_rules
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
@@ -91,6 +91,7 @@ class Pipeline:
             producer_linger_ms=5,
             producer_max_request_size=4 * 1024 * 1024,
             web_enabled=True,
+            web_bind="127.0.0.1",
             web_host="127.0.0.1",
             web_port=s.web_port,
             web_in_thread=False,
@@ -111,12 +112,10 @@ class Pipeline:
         self.partials_topic = app.topic(f"{s.app_id}-{PARTIALS_TOPIC}", value_type=bytes, key_serializer="raw",
                                         value_serializer="raw", partitions=1, internal=True)
 
-        self.user_days = app.Table("user_days", key_type=str, value_type=None, partitions=s.partitions,
-                                   key_serializer="raw", value_serializer="json")
-        self.profiles = app.Table("profiles", key_type=str, partitions=s.partitions,
-                                  key_serializer="raw", value_serializer="json")
-        self.metric_totals = app.Table("metric_totals", key_type=str, partitions=1,
-                                       key_serializer="raw", value_serializer="json")
+        # str keys, JSON values (lists of day ordinals, small dicts)
+        self.user_days = app.Table("user_days", key_type=str, partitions=s.partitions)
+        self.profiles = app.Table("profiles", key_type=str, partitions=s.partitions)
+        self.metric_totals = app.Table("metric_totals", key_type=str, partitions=1)
 
         app.agent(self.actions_topic, name="actions")(self.actions_agent)
         app.agent(self.profiles_topic, name="profiles")(self.profiles_agent)
@@ -148,7 +147,6 @@ class Pipeline:
                 _, app, user = key.split("|", 2)
                 state.activity.restore(app, user, days)
             if state.watermark_ms:
-                from .active_users import day_ordinal
                 state.activity.advance(day_ordinal(state.watermark_ms))
             state.activity.take_dirty()  # restored counts were published before the restart
             self.partition_states[partition] = state
@@ -243,8 +241,6 @@ class Pipeline:
         async for value in stream:
             partial = json.loads(value)
             now_ms = max(partial.get("newest_event_ms", {}).values(), default=0)
-            for app, ms in partial.get("newest_event_ms", {}).items():
-                self.pending_alerts.extend(self.alerts.on_event_time(app, ms))
             partition = str(partial["partition"])
             for metric, app, day, count in partial["counts"]:
                 key = f"{metric}|{app}|{day_iso(day)}"
@@ -263,6 +259,9 @@ class Pipeline:
                 self.metric_totals[key] = entry
                 self.pending_metrics[key] = entry
                 self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
+            # after the counts: a partial that crosses midnight must not judge a day before its last value
+            for app, ms in partial.get("newest_event_ms", {}).items():
+                self.pending_alerts.extend(self.alerts.on_event_time(app, ms))
 
     async def flush_metrics(self) -> None:
         """At most one MetricUpdate per key per interval: the latest value wins."""

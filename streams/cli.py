@@ -43,12 +43,14 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (env TALLY_BOOTSTRAP)")
     parser.add_argument("--data-dir", help="local state: broker, chDB, Faust tables (env TALLY_DATA_DIR)")
     parser.add_argument("--clickhouse", help="http://host:8123/db; default embedded chDB (env TALLY_CLICKHOUSE)")
+    parser.add_argument("--topic-prefix", help="prefix for every topic name (env TALLY_TOPIC_PREFIX)")
 
 
 def settings_from_args(args: argparse.Namespace, **extra):
     from .config import from_env
     return from_env(bootstrap=getattr(args, "bootstrap", None), data_dir=getattr(args, "data_dir", None),
-                    clickhouse=getattr(args, "clickhouse", None), **extra)
+                    clickhouse=getattr(args, "clickhouse", None), topic_prefix=getattr(args, "topic_prefix", None),
+                    **extra)
 
 
 def main(argv: list[str] | None = None) -> int:

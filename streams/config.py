@@ -15,6 +15,11 @@ class Topics:
     active_users: str = "active-users"
     alerts: str = "alerts"
 
+    @classmethod
+    def with_prefix(cls, prefix: str) -> "Topics":
+        """Every topic name prefixed: several pipelines (or test runs) on one cluster."""
+        return cls(**{f.name: prefix + f.default for f in dataclasses.fields(cls)})
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -65,10 +70,15 @@ def from_env(**overrides) -> Settings:
         values["hmac_key"] = env["TALLY_HMAC_KEY"]
     if "TALLY_SCRUB_POLICY" in env:
         values["scrub_policy"] = Path(env["TALLY_SCRUB_POLICY"])
+    if env.get("TALLY_TOPIC_PREFIX"):
+        values["topics"] = Topics.with_prefix(env["TALLY_TOPIC_PREFIX"])
     if "TALLY_ALERT_RULES" in env:
         values["alert_rules"] = Path(env["TALLY_ALERT_RULES"])
     if "TALLY_WEB_PORT" in env:
         values["web_port"] = int(env["TALLY_WEB_PORT"])
+    prefix = overrides.pop("topic_prefix", None)
+    if prefix:
+        values["topics"] = Topics.with_prefix(prefix)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" in values:
         values["data_dir"] = Path(values["data_dir"])

@@ -127,8 +127,8 @@ def process_batch(messages: list[tuple[bytes | None, Source]], state: PartitionS
             days = activity.add(scope, row["user"], day)
             if days is not None:
                 result.user_days[(scope, row["user"])] = days
+    result.metric_counts = activity.take_dirty()  # before advance() forgets final days
     for key in activity.advance(day_ordinal(state.watermark_ms)) if state.watermark_ms else ():
         result.user_days.pop(key, None)
         result.expired_users.append(key)
-    result.metric_counts = activity.take_dirty()
     return result

@@ -56,3 +56,136 @@ def ch_dsn(chdb_path) -> str:
 def ch(ch_dsn):
     """A client on a fresh, migrated database."""
     return clickhouse.connect(ch_dsn)
+
+
+# ---- a real worker process, as a user runs it -------------------------------------------------
+
+import json as _json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WorkerProcess:
+    """`tally worker` in a subprocess, with its own data dir, consumer group and topic prefix."""
+
+    def __init__(self, data_dir: Path, bootstrap: str, prefix: str, app_id: str, extra: list[str]) -> None:
+        self.data_dir, self.bootstrap, self.prefix, self.app_id, self.extra = data_dir, bootstrap, prefix, app_id, extra
+        self.web_port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def web(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self, timeout: float = 90.0) -> "WorkerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "worker.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--data-dir", str(self.data_dir),
+             "--bootstrap", self.bootstrap, "--topic-prefix", self.prefix, "--app-id", self.app_id,
+             "--web-port", str(self.web_port), "--worker-log-level", "INFO", *self.extra],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
+            try:
+                self.stats()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"worker not serving: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.data_dir / "worker.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _call(self, path: str, body: dict | None = None):
+        data = _json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.web + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return _json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return _json.loads(exc.read() or b"{}")
+
+    def stats(self) -> dict:
+        return self._call("/stats/")
+
+    def active_users(self) -> list[dict]:
+        return self._call("/active-users/")
+
+    def query(self, sql: str) -> list[list]:
+        answer = self._call("/query/", {"sql": sql})
+        assert "rows" in answer, answer
+        return answer["rows"]
+
+    def wait_consumed(self, count: int, timeout: float = 180.0) -> dict:
+        """Wait until the worker has accounted for `count` input offsets (and inserted them)."""
+        deadline = time.monotonic() + timeout
+        stats = {}
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
+            stats = self.stats()
+            if stats["consumed"] >= count:
+                return stats
+            time.sleep(0.5)
+        raise TimeoutError(f"consumed {stats.get('consumed')} of {count}: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def pipeline_env(bootstrap, tmp_path):
+    """A fresh topic prefix and consumer group, and a factory of worker processes that share them."""
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    app_id = f"tally-{prefix[:-1]}"
+    workers: list[WorkerProcess] = []
+
+    class Env:
+        topics = None
+
+        def worker(self, name: str = "w1", *extra: str) -> WorkerProcess:
+            process = WorkerProcess(tmp_path / name, bootstrap, prefix, app_id, list(extra))
+            workers.append(process)
+            return process
+
+    from streams.config import Topics
+    env = Env()
+    env.prefix, env.app_id, env.bootstrap = prefix, app_id, bootstrap
+    env.topics = Topics.with_prefix(prefix)
+    yield env
+    for process in workers:
+        process.stop(signal.SIGKILL)
+
+
+async def publish(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send (key, value) pairs and wait for every ack."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key) for key, value in values]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
