@@ -28,11 +28,6 @@ def day_iso(ordinal: int) -> str:
     return dt.date.fromordinal(ordinal).isoformat()
 
 
-def _has_day_between(days: list[int], low: int, high: int) -> bool:
-    i = bisect.bisect_left(days, low)
-    return i < len(days) and days[i] <= high
-
-
 class PartitionActivity:
     """Active days of one partition's users and the distinct counts they imply."""
 
@@ -48,33 +43,42 @@ class PartitionActivity:
         """Days a user's activity must be kept: the longest window plus the allowed lateness."""
         return max(WINDOWS.values()) + self.lateness_days
 
-    def _count(self, days: list[int], day: int, app: str) -> None:
-        """Count `day` (already inserted in `days`) in every window it newly makes the user active in."""
+    def _count(self, days: list[int], index: int, app: str) -> None:
+        """Count days[index] in every window it newly makes the user active in.
+
+        With p and n the user's previous and next active days, a window [E-W+1, E] gains the user
+        exactly when it holds the new day but neither p nor n: E in [max(d, p+W), min(d+W-1, n-1)]."""
+        day = days[index]
+        previous = days[index - 1] if index > 0 else -10**9
+        following = days[index + 1] if index + 1 < len(days) else 10**9
+        counts, dirty = self.counts, self.dirty
         for metric, width in WINDOWS.items():
-            for end in range(day, day + width):
-                if not _has_day_between(days, end - width + 1, day - 1) and \
-                        not _has_day_between(days, day + 1, end):
-                    key = (metric, app, end)
-                    self.counts[key] = self.counts.get(key, 0) + 1
-                    self.dirty.add(key)
+            for end in range(max(day, previous + width), min(day + width - 1, following - 1) + 1):
+                key = (metric, app, end)
+                counts[key] = counts.get(key, 0) + 1
+                dirty.add(key)
         monday = day - dt.date.fromordinal(day).weekday()
-        if not _has_day_between(days, monday, day - 1) and not _has_day_between(days, day + 1, monday + 6):
+        if previous < monday and following > monday + 6:
             key = (CALENDAR_WAU, app, monday)
-            self.counts[key] = self.counts.get(key, 0) + 1
-            self.dirty.add(key)
+            counts[key] = counts.get(key, 0) + 1
+            dirty.add(key)
 
     def add(self, app: str, user: str, day: int) -> list[int] | None:
         """Record that `user` was active in `app` on `day`. Returns the user's new day list to persist,
         or None when nothing changed (the common case: already active that day)."""
         days = self.user_days.get((app, user))
         if days is None:
-            days = self.user_days[(app, user)] = []
+            days = self.user_days[(app, user)] = [day]
+            index = 0
+        elif days[-1] < day:  # the usual case: a new latest day
+            days.append(day)
+            index = len(days) - 1
         else:
-            i = bisect.bisect_left(days, day)
-            if i < len(days) and days[i] == day:
+            index = bisect.bisect_left(days, day)
+            if index < len(days) and days[index] == day:
                 return None
-        bisect.insort(days, day)
-        self._count(days, day, app)
+            days.insert(index, day)
+        self._count(days, index, app)
         oldest_kept = max(day, self.watermark_day) - self.retention_days
         if days[0] < oldest_kept:
             del days[:bisect.bisect_left(days, oldest_kept)]

@@ -85,29 +85,24 @@ def load_mapping(path: str | Path | None = None) -> PropertyMapping:
     return PropertyMapping(default, per_app, from_command)
 
 
-def _lookup(kind: str, path: tuple[str, ...], action: UserAction, kwargs: dict, pos_args: list):
-    if kind == "kwargs":
-        value = kwargs
-        for part in path:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(part)
-        return value
-    if kind == "props":
-        return action.properties.get(path[0])
-    if kind == "args":
-        index = int(path[0])
-        return pos_args[index] if index < len(pos_args) else None
-    return getattr(action, path[0], None)
-
-
 def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping) -> dict:
     """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type)."""
     found: dict = {}
+    properties = action.properties
     for column, sources in mapping.for_app(action.app).items():
         for kind, path in sources:
-            value = _lookup(kind, path, action, kwargs, pos_args)
-            if value not in (None, ""):
+            if kind == "kwargs":
+                value = kwargs.get(path[0]) if kwargs else None
+                for part in path[1:]:
+                    value = value.get(part) if isinstance(value, dict) else None
+            elif kind == "props":
+                value = properties.get(path[0]) if properties else None
+            elif kind == "field":
+                value = getattr(action, path[0], None)
+            else:
+                index = int(path[0])
+                value = pos_args[index] if index < len(pos_args) else None
+            if value is not None and value != "":
                 found[column] = value
                 break
     index = found.get("result_index")

@@ -67,9 +67,10 @@ def check(action: UserAction, limits: Limits, watermark_ms: int, now_ms: int) ->
             raise Rejected(MISSING_FIELD, f"{name} is empty")
         if len(value) > MAX_ID_CHARS:
             raise Rejected(INVALID_FIELD, f"{name} is {len(value)} chars, limit {MAX_ID_CHARS}")
-    for name in _TEXT_FIELDS:
-        if len(getattr(action, name)) > limits.max_field_bytes:
-            raise Rejected(OVERSIZED, f"{name} is over {limits.max_field_bytes} bytes")
+    if action.ByteSize() > limits.max_field_bytes:  # only then can one field be too big
+        for name in _TEXT_FIELDS:
+            if len(getattr(action, name)) > limits.max_field_bytes:
+                raise Rejected(OVERSIZED, f"{name} is over {limits.max_field_bytes} bytes")
     start, end = action.start_epoch_ms, action.end_epoch_ms
     if start == 0:
         raise Rejected(MISSING_FIELD, "start_epoch_ms is empty")
