@@ -41,18 +41,20 @@ PARTIALS_TOPIC = "tally-active-user-partials"
 WATERMARK_KEY = "~watermark"
 
 
-def table_set(table, partition: int, key: str, value) -> None:
-    """Write a table key to an explicit changelog partition.
+def table_set(table, partition: int, key: str, value):
+    """Write a table key to an explicit changelog partition; returns the send's future.
 
     Faust picks the changelog partition from the *current* event, which inside a `take_events`
-    batch is the batch's last event: wrong for keys of the batch's other partitions."""
+    batch is the batch's last event: wrong for keys of the batch's other partitions. And Faust
+    does not wait for changelog sends before committing offsets, so the caller awaits the future
+    before its batch is acked: state is durable before the input offset moves."""
     table.data[key] = value
-    table.send_changelog(partition, key, value)
+    return table.send_changelog(partition, key, value)
 
 
-def table_delete(table, partition: int, key: str) -> None:
+def table_delete(table, partition: int, key: str):
     table.data.pop(key, None)
-    table.send_changelog(partition, key, None)
+    return table.send_changelog(partition, key, None)
 
 
 class Pipeline:
@@ -171,6 +173,7 @@ class Pipeline:
 
         rows: list[dict] = []
         letters: list[DeadLetter] = []
+        sends = []  # futures of every message this batch produces, awaited before it is acked
         partials = []
         newest_by_app: dict[str, int] = {}
         for partition, messages in by_partition.items():
@@ -180,13 +183,13 @@ class Pipeline:
             letters.extend(result.dead_letters)
             self.counts.add(result.counts)
             for (app, user), days in result.user_days.items():
-                table_set(self.user_days, partition, f"{partition}|{app}|{user}", days)
+                sends.append(table_set(self.user_days, partition, f"{partition}|{app}|{user}", days))
             for app, user in result.expired_users:
-                table_delete(self.user_days, partition, f"{partition}|{app}|{user}")
+                sends.append(table_delete(self.user_days, partition, f"{partition}|{app}|{user}"))
             if result.rows:
-                table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms)
+                sends.append(table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms))
             for key, value, target in result.reroutes:
-                await self.actions_topic.send(key=key, value=value, partition=target)
+                sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
             if result.metric_counts:
                 partials.append({"partition": partition, "watermark_day": state.activity.watermark_day,
                                  "counts": [[m, a, d, c] for (m, a, d), c in result.metric_counts.items()]})
@@ -203,19 +206,20 @@ class Pipeline:
                 lambda: self.writer.insert("dead_letters", letter_rows, DEAD_LETTER_COLUMNS, token), self.retry,
                 f"insert of {len(letters)} dead letters")
             for letter in letters:
-                await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString())
+                sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
         for partial in partials:
             partial["newest_event_ms"] = newest_by_app
-            await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode())
+            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode()))
         if newest_by_app and not partials:
-            await self.partials_topic.send(key=b"counts", value=json.dumps(
-                {"partition": -1, "counts": [], "newest_event_ms": newest_by_app}).encode())
+            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(
+                {"partition": -1, "counts": [], "newest_event_ms": newest_by_app}).encode()))
+        await asyncio.gather(*sends)
         for partition, (_, high) in offsets.items():
             self.consumed_offsets[partition] = high
 
     async def profiles_agent(self, stream) -> None:
         async for events in stream.take_events(1000, within=0.5):
-            rows = []
+            rows, sends = [], []
             for event in events:
                 profile = UserProfile()
                 try:
@@ -228,18 +232,20 @@ class Pipeline:
                 self.scrubber.scrub_profile(profile)
                 value = {"email": profile.email, "title": profile.title, "team": profile.team,
                          "ab_flags": dict(profile.ab_flags)}
-                table_set(self.profiles, event.message.partition, profile.user, value)
+                sends.append(table_set(self.profiles, event.message.partition, profile.user, value))
                 rows.append({"user": profile.user, "updated_at": profile.updated_epoch_ms or int(time.time() * 1000),
                              **value})
             token = f"profiles:{events[0].message.partition}@{events[0].message.offset}:{len(events)}" if events else ""
             await write_with_retry(lambda: self.writer.insert("user_profiles", rows, PROFILE_COLUMNS, token),
                                    self.retry, f"insert of {len(rows)} profiles")
+            await asyncio.gather(*sends)
 
     async def totals_agent(self, stream) -> None:
         """Sums the partitions' counts into exact totals (the partials topic has one partition, so
         one worker owns every total and the alert rules see them all)."""
-        async for value in stream:
-            partial = json.loads(value)
+        async for event in stream.events():
+            partial = json.loads(event.value)
+            sends = []
             now_ms = max(partial.get("newest_event_ms", {}).values(), default=0)
             partition = str(partial["partition"])
             for metric, app, day, count in partial["counts"]:
@@ -250,18 +256,19 @@ class Pipeline:
                 entry["parts"][partition] = count
                 total = sum(entry["parts"].values())
                 if total == entry["value"]:
-                    self.metric_totals[key] = entry
+                    sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
                     continue
                 entry["value"] = total
                 entry["version"] += 1
                 entry["correction"] = day < partial["watermark_day"]
                 entry["updated_ms"] = now_ms
-                self.metric_totals[key] = entry
+                sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
                 self.pending_metrics[key] = entry
                 self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
             # after the counts: a partial that crosses midnight must not judge a day before its last value
             for app, ms in partial.get("newest_event_ms", {}).items():
                 self.pending_alerts.extend(self.alerts.on_event_time(app, ms))
+            await asyncio.gather(*sends)
 
     async def flush_metrics(self) -> None:
         """At most one MetricUpdate per key per interval: the latest value wins."""

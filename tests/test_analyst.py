@@ -1,0 +1,292 @@
+"""`tally query` and `tally report`: output formats, charts, errors, and where queries run
+(the worker's HTTP endpoint while a worker owns chDB, the data directory otherwise)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from streams import analyst, clickhouse, kpis
+from streams.cli import main
+from streams.config import Settings
+
+DAY = dt.date(2024, 5, 6)  # a Monday
+
+
+def sample_rows() -> list[list]:
+    """(event_id, app, command, event_name, user, ts, ds, duration_ms): 3 users over 3 days."""
+    rows = []
+    for day in range(3):
+        for n, user in enumerate(["ann", "bob", "cy"][: day + 1]):
+            ts = dt.datetime.combine(DAY + dt.timedelta(days=day), dt.time(9, n), dt.timezone.utc)
+            rows.append([f"e{day}{n}", "amundsen", "search_table", "Search Table", user, ts, ts.date(), 10 * (n + 1)])
+    return rows
+
+
+SAMPLE_COLUMNS = ["event_id", "app", "command", "event_name", "user", "ts", "ds", "duration_ms"]
+
+
+def load_sample(client) -> None:
+    client.insert("user_actions", sample_rows(), column_names=SAMPLE_COLUMNS)
+    client.insert("user_actions", sample_rows()[:2], column_names=SAMPLE_COLUMNS)  # redelivered
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """A data directory whose embedded ClickHouse holds the sample (no worker running)."""
+    for name in ("TALLY_DATA_DIR", "TALLY_CLICKHOUSE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(data_dir=tmp_path)
+    client = clickhouse.connect(settings.clickhouse_dsn)
+    clickhouse.migrate(client)
+    load_sample(client)
+    return tmp_path
+
+
+def tally(*argv) -> int:
+    return main(list(argv))
+
+
+# ---- formatting (pure) -----------------------------------------------------------------------
+
+def test_format_table_aligns_and_counts_rows():
+    text = analyst.format_table(["day", "users", "rate"], [(DAY, 12, 33.3333), (DAY, 7, None)])
+    assert text.splitlines() == [
+        "day         users   rate",
+        "----------  -----  -----",
+        "2024-05-06     12  33.33",
+        "2024-05-06      7   NULL",
+        "(2 rows)",
+    ]
+
+
+def test_format_table_cuts_long_cells_and_keeps_one_line_per_row():
+    text = analyst.format_table(["error"], [("x" * 100 + "\nsecond line",)], max_cell=20)
+    assert text.splitlines()[2] == "x" * 19 + "…"
+
+
+def test_csv_and_json_keep_full_values():
+    columns, rows = ["ds", "rate", "note"], [(DAY, 1 / 3, None)]
+    assert analyst.format_csv(columns, rows) == f"ds,rate,note\n2024-05-06,{1 / 3!r},\n"
+    assert json.loads(analyst.format_json(columns, rows)) == [{"ds": "2024-05-06", "rate": 1 / 3, "note": None}]
+
+
+@pytest.mark.parametrize("values,line", [
+    ([1, 2, 3, 4, 5, 6, 7, 8], "▁▂▃▄▅▆▇█"),
+    ([0, 10, 0], "▁█▁"),
+    ([5, 5, 5], "▄▄▄"),
+    ([1, None, 8], "▁ █"),
+    ([], ""),
+])
+def test_sparkline(values, line):
+    assert analyst.sparkline(values) == line
+
+
+def test_error_message_takes_the_clickhouse_line_out_of_driver_wrapping():
+    wrapped = Exception("HTTPDriver for http://h:8123 received ClickHouse error code 62\n"
+                        " Code: 62. DB::Exception: Syntax error: failed at position 1 (SELEC)\n more")
+    assert analyst.error_message(wrapped) == "Code: 62. DB::Exception: Syntax error: failed at position 1 (SELEC)"
+
+
+def test_chart_html_is_self_contained_with_one_series_per_variant():
+    kpi = kpis.get_kpi("retention")
+    columns = ["week", "variant", "active_users", "returned_users", "retention_percent"]
+    rows = [(DAY, "false", 10, 5, 50.0), (DAY, "true", 10, 7, 70.0),
+            (DAY + dt.timedelta(weeks=1), "false", 8, 2, 25.0), (DAY + dt.timedelta(weeks=1), "true", 9, 3, 100 / 3)]
+    series = analyst.chart_series(columns, rows, kpi.chart)
+    assert series == {"false": [("2024-05-06", 50.0), ("2024-05-13", 25.0)],
+                      "true": [("2024-05-06", 70.0), ("2024-05-13", 100 / 3)]}
+    page = analyst.report_html("retention", "k=1", analyst.chart_svg(series, "line", "retention_percent"),
+                               columns, rows)
+    assert page.count("<polyline") == 2 and "<table>" in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page
+
+
+# ---- the worker endpoint's handler -----------------------------------------------------------
+
+@pytest.mark.clickhouse
+def test_handle_query_request(ch):
+    load_sample(ch)
+    status, answer = analyst.handle_query_request(
+        ch, {"sql": "SELECT ds, active_users FROM kpi_dau WHERE app = {app:String} ORDER BY ds",
+             "parameters": {"app": "amundsen"}})
+    assert status == 200
+    assert answer == {"columns": ["ds", "active_users"],
+                      "rows": [[DAY, 1], [DAY + dt.timedelta(days=1), 2], [DAY + dt.timedelta(days=2), 3]]}
+
+    status, answer = analyst.handle_query_request(ch, {"sql": "SELEC 1"})
+    assert status == 400 and answer["error"].startswith("Code: 62. DB::Exception: Syntax error")
+    assert "\n" not in answer["error"]
+
+    assert analyst.handle_query_request(ch, {"query": "SELECT 1"})[0] == 400
+    assert analyst.handle_query_request(ch, {"sql": "SELECT 1", "parameters": [1]})[0] == 400
+
+
+@pytest.mark.clickhouse
+def test_empty_result_keeps_its_column_names(ch):
+    assert analyst.run_query(ch, "SELECT ds, active_users FROM kpi_dau WHERE app = 'none'") == (
+        ["ds", "active_users"], [])
+
+
+# ---- where queries run -----------------------------------------------------------------------
+
+class _FakeWorker:
+    """Stands in for the worker's web server: POST /query/ -> handle_query_request on `client`."""
+
+    def __init__(self, client):
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                owner.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                status, answer = analyst.handle_query_request(client, body)
+                payload = json.dumps(answer, default=str).encode()
+                self.send_response(status if self.path.rstrip("/") == "/query" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def running_worker(ch, tmp_path, monkeypatch):
+    """A data dir whose worker.json names this (live) process and the fake endpoint over `ch`."""
+    for name in ("TALLY_DATA_DIR", "TALLY_CLICKHOUSE"):
+        monkeypatch.delenv(name, raising=False)
+    load_sample(ch)
+    worker = _FakeWorker(ch)
+    (tmp_path / "worker.json").write_text(json.dumps({"pid": os.getpid(), "web_port": worker.port}))
+    yield tmp_path, worker
+    worker.close()
+
+
+@pytest.mark.clickhouse
+def test_query_goes_through_the_running_worker(running_worker, capsys):
+    data_dir, worker = running_worker
+    target = analyst.open_query_target(Settings(data_dir=data_dir))
+    assert isinstance(target, analyst.WorkerTarget)
+    columns, rows = target.query("SELECT user, count() AS n FROM kpi_actions WHERE ds >= {since:Date} "
+                                 "GROUP BY user ORDER BY user", {"since": DAY + dt.timedelta(days=1)})
+    assert (columns, rows) == (["user", "n"], [("ann", 2), ("bob", 2), ("cy", 1)])
+    with pytest.raises(analyst.QueryError, match="^Code: 60. DB::Exception: Unknown table"):
+        target.query("SELECT * FROM no_such_table")
+
+    # The user types the same command; it never opens the data directory the worker owns.
+    assert tally("query", "SELECT count() AS events FROM kpi_actions", "--data-dir", str(data_dir),
+                 "--format", "csv") == 0
+    assert capsys.readouterr().out == "events\n6\n"
+    assert not (data_dir / "clickhouse").exists()
+    assert worker.requests == 3
+
+
+@pytest.mark.clickhouse
+def test_report_through_the_running_worker(running_worker, capsys):
+    data_dir, _ = running_worker
+    assert tally("report", "dau", "--app", "amundsen", "--since", str(DAY), "--until", str(DAY + dt.timedelta(days=6)),
+                 "--data-dir", str(data_dir)) == 0
+    out = capsys.readouterr().out
+    assert "2024-05-08             3" in out and "active_users: ▁▅█  (min 1, max 3)" in out
+    assert (data_dir / "reports" / "dau.html").exists()
+
+
+def test_a_stale_worker_file_means_open_the_data_directly(data_dir):
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    (data_dir / "worker.json").write_text(json.dumps({"pid": finished.pid, "web_port": 1}))
+    target = analyst.open_query_target(Settings(data_dir=data_dir))
+    assert isinstance(target, analyst.DirectTarget)
+    assert target.query("SELECT count() FROM kpi_actions") == (["count()"], [(6,)])
+
+
+def test_a_server_dsn_never_uses_the_worker_file(tmp_path, capsys):
+    (tmp_path / "worker.json").write_text(json.dumps({"pid": os.getpid(), "web_port": 9}))
+    assert analyst.running_worker(tmp_path) is not None
+    settings = Settings(data_dir=tmp_path, clickhouse="http://analyst:s3cret@127.0.0.1:9/db")
+    with pytest.raises(analyst.QueryError, match=r"^cannot open ClickHouse at http://analyst:\*\*\*@127.0.0.1:9/db"):
+        analyst.open_query_target(settings)  # nothing listens on port 9: it went to the server itself
+
+    assert tally("query", "SELECT 1", "--data-dir", str(tmp_path), "--clickhouse", settings.clickhouse) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open ClickHouse") and "s3cret" not in err and "Traceback" not in err
+
+
+# ---- the command line (no worker: opens the data directory) ----------------------------------
+
+def test_query_prints_a_table(data_dir, capsys):
+    assert tally("query", "SELECT ds, active_users FROM kpi_dau WHERE app = '' ORDER BY ds",
+                 "--data-dir", str(data_dir)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ds          active_users",
+        "----------  ------------",
+        "2024-05-06             1",
+        "2024-05-07             2",
+        "2024-05-08             3",
+        "(3 rows)",
+    ]
+
+
+def test_query_csv_json_and_parameters(data_dir, capsys):
+    sql = "SELECT user, count() AS events FROM kpi_actions WHERE ds >= {since:Date} GROUP BY user ORDER BY user"
+    assert tally("query", sql, "--param", "since=2024-05-07", "--format", "csv", "--data-dir", str(data_dir)) == 0
+    assert capsys.readouterr().out == "user,events\nann,2\nbob,2\ncy,1\n"
+    assert tally("query", sql, "--param", "since=2024-05-08", "--format", "json", "--data-dir", str(data_dir)) == 0
+    assert json.loads(capsys.readouterr().out) == [{"user": u, "events": 1} for u in ("ann", "bob", "cy")]
+
+
+def test_bad_sql_is_one_line_and_exit_code_2(data_dir, capsys):
+    assert tally("query", "SELECT nope FROM kpi_actions", "--data-dir", str(data_dir)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: Code: 47. DB::Exception: Unknown expression identifier")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_report_list(capsys):
+    assert tally("report", "--list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(kpis.KPIS)
+    assert all(len(line.split(None, 1)[1]) > 10 for line in lines)
+
+
+def test_report_prints_table_sparkline_and_writes_the_chart(data_dir, tmp_path, capsys):
+    chart = tmp_path / "charts" / "ids.html"
+    assert tally("report", "command_usage", "--since", "2024-05-01", "--until", "2024-05-31",
+                 "--chart", str(chart), "--data-dir", str(data_dir)) == 0
+    captured = capsys.readouterr()
+    assert "search_table" in captured.out and "p95_ms" in captured.out
+    assert "p95_ms [amundsen]: ▄" in captured.out
+    assert str(chart) in captured.err
+    page = chart.read_text()
+    assert "<svg" in page and "<rect" in page and "search_table" in page
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["report", "nope"], "error: unknown report 'nope'"),
+    (["report", "user_stats"], "error: user_stats needs --user"),
+    (["report", "dau", "--threshold", "3"], "error: dau does not take --threshold"),
+    (["report", "dau", "--since", "yesterday"], "error: --since must be a date"),
+    (["report"], "error: name a report"),
+])
+def test_report_mistakes_are_clear(data_dir, capsys, argv, message):
+    assert tally(*argv, "--data-dir", str(data_dir)) == 2
+    assert capsys.readouterr().err.startswith(message)
