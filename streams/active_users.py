@@ -98,6 +98,7 @@ class PartitionActivity:
         final_before = watermark_day - self.lateness_days  # windows ending earlier can't change now
         for key in [k for k in self.counts if k[2] < final_before - 7]:
             del self.counts[key]
+            self.dirty.discard(key)
         expired = [k for k, days in self.user_days.items() if days[-1] < watermark_day - self.retention_days]
         for key in expired:
             del self.user_days[key]

@@ -30,7 +30,7 @@ from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import load_mapping
 from .outcome import BatchCounts, Source
 from .pipeline import PartitionState, Stages, process_batch
-from .scrub import Scrubber, load_policy
+from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, write_with_retry)
 from .validate import Limits
@@ -67,6 +67,7 @@ class Pipeline:
         self.writer = ClickHouseWriter(clickhouse.connect(settings.clickhouse_dsn))
         clickhouse.migrate(self.writer.client)
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
+        scrub_logs(self.scrubber)  # log lines pass the same policy as stored rows
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))
         self.retry = RetryPolicy()
@@ -150,7 +151,8 @@ class Pipeline:
                 state.activity.restore(app, user, days)
             if state.watermark_ms:
                 state.activity.advance(day_ordinal(state.watermark_ms))
-            state.activity.take_dirty()  # restored counts were published before the restart
+            # the restored counts stay dirty: they are re-sent once, in case the worker died after
+            # persisting a batch's days but before sending its counts (unchanged ones are ignored)
             self.partition_states[partition] = state
         return state
 
