@@ -67,7 +67,6 @@ class Pipeline:
         self.writer = ClickHouseWriter(clickhouse.connect(settings.clickhouse_dsn))
         clickhouse.migrate(self.writer.client)
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
-        scrub_logs(self.scrubber)  # log lines pass the same policy as stored rows
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))
         self.retry = RetryPolicy()
@@ -124,10 +123,15 @@ class Pipeline:
         app.agent(self.profiles_topic, name="profiles")(self.profiles_agent)
         app.agent(self.partials_topic, name="totals")(self.totals_agent)
         app.timer(s.metric_interval_seconds)(self.flush_metrics)
+        app.task(self.install_log_scrubbing)
         app.on_partitions_revoked.connect(self.on_partitions_revoked)
         from . import web
         web.register(app, self)
         return app
+
+    async def install_log_scrubbing(self) -> None:
+        """Log lines pass the same policy as stored rows (once the worker has set up its handlers)."""
+        scrub_logs(self.scrubber)
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
         for tp in revoked:
