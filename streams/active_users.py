@@ -84,10 +84,21 @@ class PartitionActivity:
             del days[:bisect.bisect_left(days, oldest_kept)]
         return days
 
-    def restore(self, app: str, user: str, days: Iterable[int]) -> None:
-        """Rebuild from a persisted day list (after a restart or a rebalance)."""
-        for day in sorted(set(days)):
-            self.add(app, user, day)
+    def restore(self, user_days: Iterable[tuple[str, str, Iterable[int]]], watermark_day: int) -> None:
+        """Rebuild from persisted (app, user, days) after a restart or a rebalance.
+
+        Persisted lists only hold the retained days, so counts for windows ending before the
+        lateness horizon would come out too low; those are final (no accepted event can change
+        them) and were published before, so they are left out. The rest stay dirty, to be
+        re-sent once: the worker may have died after persisting days but before sending counts."""
+        for app, user, days in user_days:
+            for day in sorted(set(days)):
+                self.add(app, user, day)
+        self.advance(watermark_day)
+        horizon = watermark_day - self.lateness_days
+        for key in [k for k in self.counts if k[2] < horizon]:
+            del self.counts[key]
+            self.dirty.discard(key)
 
     def advance(self, watermark_day: int) -> list[tuple[str, str]]:
         """Move the partition's event-time watermark; forget what no longer matters.

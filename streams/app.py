@@ -145,18 +145,16 @@ class Pipeline:
         if state is None:
             state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
             prefix = f"{partition}|"
-            for key, days in list(self.user_days.data.items()):
+            persisted = []
+            for key, value in list(self.user_days.data.items()):
                 if not key.startswith(prefix):
                     continue
                 if key == prefix + WATERMARK_KEY:
-                    state.watermark_ms = int(days)
-                    continue
-                _, app, user = key.split("|", 2)
-                state.activity.restore(app, user, days)
-            if state.watermark_ms:
-                state.activity.advance(day_ordinal(state.watermark_ms))
-            # the restored counts stay dirty: they are re-sent once, in case the worker died after
-            # persisting a batch's days but before sending its counts (unchanged ones are ignored)
+                    state.watermark_ms = int(value)
+                else:
+                    _, app, user = key.split("|", 2)
+                    persisted.append((app, user, value))
+            state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
             self.partition_states[partition] = state
         return state
 

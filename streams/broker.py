@@ -126,10 +126,9 @@ class Broker:
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        except (FileNotFoundError, ValueError):
             return None
+        return pid if _alive(pid) else None
 
     def is_listening(self) -> bool:
         with socket.socket() as sock:
@@ -189,15 +188,28 @@ class Broker:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 break
             time.sleep(0.2)
         else:
             os.killpg(pid, signal.SIGKILL)
+            _alive(pid)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs. Reaps it if it is our own exited child (a zombie still answers kill 0)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: started by another `tally broker start`
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def create_topics(bootstrap: str, topics: dict[str, int], compacted: set[str] = frozenset()) -> None:

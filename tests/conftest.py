@@ -102,10 +102,11 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
             try:
-                self.stats()
-                return self
-            except OSError:
-                time.sleep(0.3)
+                if "consumed" in self.stats():
+                    return self
+            except (OSError, ValueError):  # not listening yet, or not ready to answer
+                pass
+            time.sleep(0.3)
         raise TimeoutError(f"worker not serving: {self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:

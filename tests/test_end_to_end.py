@@ -58,6 +58,25 @@ def live_metrics(worker) -> dict[tuple[str, str, str], int]:
     return {(t["metric"], t["app"], t["day"]): t["value"] for t in worker.active_users()}
 
 
+def wait_for_metrics(workers, expected: dict, timeout: float = 120.0) -> None:
+    """Wait until the live totals (from whichever worker owns them) equal `expected`; on timeout,
+    fail with the keys that differ."""
+    live: dict = {}
+
+    def equal() -> bool:
+        live.clear()
+        for worker in workers:
+            live.update(live_metrics(worker))
+        return live == expected
+
+    try:
+        wait_for(equal, timeout=timeout, what="live metrics")
+    except TimeoutError:
+        differing = sorted((k, live.get(k), expected.get(k)) for k in set(live) | set(expected)
+                           if live.get(k) != expected.get(k))
+        pytest.fail(f"{len(differing)} live metrics differ (key, live, expected): {differing[:12]}")
+
+
 def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_env):
     actions = make_actions(3000, seed=1, start=dt.date(2026, 10, 1), days=21)
     send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions)
@@ -81,6 +100,5 @@ def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_e
     assert stats["sink"]["inserts"] < len(actions) / 100
 
     # the live tables agree exactly with a brute-force count over the same events
-    expected = expected_metrics(actions)
-    wait_for(lambda: live_metrics(worker) == expected, what="live DAU/WAU/MAU equal the exact counts")
+    wait_for_metrics([worker], expected_metrics(actions))
     worker.stop()

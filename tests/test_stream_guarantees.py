@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 
 from conftest import publish
 from streams.contract import DeadLetter, MetricUpdate, UserAction
-from test_end_to_end import DAY_MS, expected_metrics, live_metrics, make_actions, send, wait_for
+from test_end_to_end import DAY_MS, expected_metrics, make_actions, send, wait_for, wait_for_metrics
 
 pytestmark = pytest.mark.kafka
 
@@ -109,9 +109,7 @@ def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
 
     send(pipeline_env.bootstrap, topic, actions[3000:])
     second = pipeline_env.worker("w1").start()
-    expected = expected_metrics(actions)
-    wait_for(lambda: live_metrics(second) == expected, timeout=120,
-             what="metrics after restart equal the exact counts")
+    wait_for_metrics([second], expected_metrics(actions))
     assert second.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[6000, 6000]]
     second.stop()
 
@@ -127,15 +125,7 @@ def test_replayed_slice_and_two_workers_count_each_user_once(pipeline_env):
              what="the two workers split the four partitions")
     send(pipeline_env.bootstrap, topic, actions)
     send(pipeline_env.bootstrap, topic, actions[1000:2500])  # a replayed slice: the same events again
-    expected = expected_metrics(actions)
-
-    def totals_from_either():
-        merged = {}
-        for worker in (one, two):
-            merged.update(live_metrics(worker))
-        return merged == expected
-
-    wait_for(totals_from_either, timeout=120, what="two workers' totals equal the exact counts")
+    wait_for_metrics([one, two], expected_metrics(actions))
     rows = sum(w.query("SELECT count(DISTINCT event_id) FROM user_actions FINAL")[0][0] for w in (one, two))
     assert rows == 5000
     one.stop()
@@ -157,7 +147,7 @@ def test_late_events_count_within_lateness_and_publish_corrections(pipeline_env)
     assert stats["dead_letters_by_reason"] == {"too_late": 1}
 
     expected = expected_metrics(actions + [newcomer_late])
-    wait_for(lambda: live_metrics(worker) == expected, what="late event counted")
+    wait_for_metrics([worker], expected)
 
     late_day = dt.datetime.fromtimestamp(newcomer_late.start_epoch_ms / 1000, dt.timezone.utc).date().isoformat()
 
