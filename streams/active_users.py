@@ -28,6 +28,12 @@ def day_iso(ordinal: int) -> str:
     return dt.date.fromordinal(ordinal).isoformat()
 
 
+def window_end(key: MetricKey) -> int:
+    """The last day a metric key's window covers (a calendar week's key is its Monday)."""
+    metric, _, day = key
+    return day + 6 if metric == CALENDAR_WAU else day
+
+
 class PartitionActivity:
     """Active days of one partition's users and the distinct counts they imply."""
 
@@ -96,7 +102,7 @@ class PartitionActivity:
                 self.add(app, user, day)
         self.advance(watermark_day)
         horizon = watermark_day - self.lateness_days
-        for key in [k for k in self.counts if k[2] < horizon]:
+        for key in [k for k in self.counts if window_end(k) < horizon]:
             del self.counts[key]
             self.dirty.discard(key)
 

@@ -178,6 +178,7 @@ class Pipeline:
         rows: list[dict] = []
         letters: list[DeadLetter] = []
         sends = []  # futures of every message this batch produces, awaited before it is acked
+        batch_counts = BatchCounts()
         partials = []
         newest_by_app: dict[str, int] = {}
         for partition, messages in by_partition.items():
@@ -185,7 +186,7 @@ class Pipeline:
             result = process_batch(messages, state, self.stages, self.profiles.data)
             rows.extend(result.rows)
             letters.extend(result.dead_letters)
-            self.counts.add(result.counts)
+            batch_counts.add(result.counts)
             for (app, user), days in result.user_days.items():
                 sends.append(table_set(self.user_days, partition, f"{partition}|{app}|{user}", days))
             for app, user in result.expired_users:
@@ -218,6 +219,7 @@ class Pipeline:
             sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(
                 {"partition": -1, "counts": [], "newest_event_ms": newest_by_app}).encode()))
         await asyncio.gather(*sends)
+        self.counts.add(batch_counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in offsets.items():
             self.consumed_offsets[partition] = high
 

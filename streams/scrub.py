@@ -596,6 +596,7 @@ class Scrubber:
         self._default_rules = _compile_rules(policy, None)
         self._rules_by_app = {app: _compile_rules(policy, override) for app, override in policy.apps.items()}
         self._pseudonyms: dict[str, str] = {}
+        self._users: dict[tuple[int, str], tuple[str, str]] = {}
 
     # ---- public API
 
@@ -668,7 +669,6 @@ class Scrubber:
         get = values.get
         texts = [get(name) or "" for name in text_fields]
         user = get("user") or ""
-        texts.append(user)
         properties = get("properties")
         if properties:
             texts.append("\n".join(properties) + "\n" + "\n".join(properties.values()))
@@ -679,13 +679,13 @@ class Scrubber:
             lowered = lowered.replace(quoted_key, blank)
         prepared = lowered.encode("utf-8", "surrogatepass") if prefilter.as_bytes else lowered
         hit_at = prefilter.first_hit(prepared, 0)
-        user_index = len(text_fields)
+        properties_index = len(text_fields)
         hit_indexes = self._texts_hit(texts, lowered, prepared, hit_at, prefilter) if hit_at >= 0 else ()
         for index in hit_indexes:
-            if index < user_index:
+            if index < properties_index:
                 name = text_fields[index]
                 values[name] = self._scrub_string(texts[index], name, rules, audit, allow_json=True)
-            elif index > user_index:
+            else:
                 values["properties"] = self._scrub_properties(properties, rules, audit)
         if rules.max_chars and (hit_indexes or max(map(len, texts)) > rules.shortest_limit):
             for name, limit in rules.max_chars:
@@ -693,11 +693,25 @@ class Scrubber:
                 if text and len(text) > limit:
                     values[name] = text[:limit] + TRUNCATION_MARK
                     _add(audit, f"{name}:truncate:max_chars")
-        if user and (user_index in hit_indexes or self.policy.pseudonymize_users):
-            stored_user, reason = self._user_value(user, rules)
+        if user:
+            stored_user, reason = self._stored_user(user, rules)
             if reason:
                 values["user"] = stored_user
                 _add(audit, f"user:hmac:{reason}")
+
+    def _stored_user(self, user: str, rules: _Rules) -> tuple[str, str]:
+        """(stored id, reason) for a user id, cached: the same few users send most events."""
+        key = (id(rules), user)
+        cached = self._users.get(key)
+        if cached is None:
+            if self.policy.pseudonymize_users or rules.prefilter.hits(user.lower()):
+                cached = self._user_value(user, rules)
+            else:
+                cached = (user, "")
+            if len(self._users) >= _PSEUDONYM_CACHE_SIZE:
+                self._users.clear()
+            self._users[key] = cached
+        return cached
 
     @staticmethod
     def _texts_hit(texts: list[str], lowered: str, prepared: str | bytes, hit_at: int,
