@@ -1,0 +1,75 @@
+"""The sink: retry with backoff until ClickHouse takes the batch, and idempotent inserts."""
+import asyncio
+import datetime as dt
+
+import pytest
+
+from streams.sink import (USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy, batch_token, to_columns,
+                          write_with_retry)
+
+
+def run_inline(fn):
+    async def call():
+        return fn()
+    return call()
+
+
+def test_retries_with_backoff_until_the_write_succeeds():
+    failures = iter([ConnectionError("ClickHouse down")] * 4)
+    writes, sleeps = [], []
+
+    def write():
+        error = next(failures, None)
+        if error:
+            raise error
+        writes.append("rows")
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+
+    attempts = asyncio.run(write_with_retry(write, RetryPolicy(initial_backoff_s=0.5, max_backoff_s=2.0),
+                                            "insert", sleep=sleep, run=run_inline))
+    assert (attempts, writes) == (5, ["rows"])
+    assert sleeps == [0.5, 1.0, 2.0, 2.0]  # doubling, capped
+
+
+def test_gives_up_only_when_told_to():
+    def write():
+        raise ConnectionError("down")
+
+    async def sleep(_):
+        pass
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(write_with_retry(write, RetryPolicy(max_attempts=3), "insert", sleep=sleep, run=run_inline))
+
+
+def test_batch_token_names_the_offsets():
+    assert batch_token("user-actions", {2: (10, 19), 0: (5, 7)}) == "user-actions:0@5-7,2@10-19"
+
+
+def row(event_id: str, user: str = "u1") -> dict:
+    values = {name: "" for name in USER_ACTION_COLUMNS}
+    values.update(event_id=event_id, app="amundsen", command="search_table", event_name="Search Table", user=user,
+                  ts=1_764_000_000_000, ds=dt.date(2025, 11, 24), is_weekend=0, start_epoch_ms=1, end_epoch_ms=2,
+                  duration_ms=1, has_error=0, properties={}, result_index=None, ab_flags={}, scrubbed_fields=[],
+                  kafka_partition=0, kafka_offset=0, ingested_at=1_764_000_000_000)
+    return values
+
+
+def test_columns_follow_the_table_order():
+    columns = to_columns([row("a"), row("b")], USER_ACTION_COLUMNS)
+    assert columns[USER_ACTION_COLUMNS.index("event_id")] == ["a", "b"]
+
+
+@pytest.mark.clickhouse
+def test_a_retried_batch_is_stored_once_and_a_redelivered_event_collapses(ch):
+    writer = ClickHouseWriter(ch)
+    batch = [row(f"e{i}", user=f"u{i % 3}") for i in range(100)]
+    writer.insert("user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")
+    writer.insert("user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")  # the same batch, retried
+    assert ch.query("SELECT count() FROM user_actions").result_rows == [(100,)]
+    # after a crash the same events come back in a differently cut batch: the engine collapses them
+    writer.insert("user_actions", batch[50:], USER_ACTION_COLUMNS, "user-actions:0@50-120")
+    assert ch.query("SELECT count() FROM user_actions FINAL").result_rows == [(100,)]
+    assert writer.stats.inserts == 3 and writer.stats.max_batch_rows == 100
