@@ -29,7 +29,7 @@ from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import load_mapping
 from .outcome import BatchCounts, Source
-from .pipeline import PartitionState, Stages, process_batch
+from .pipeline import PartitionState, Stages, partition_for_user, process_batch
 from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, write_with_retry)
@@ -125,6 +125,7 @@ class Pipeline:
         app.timer(s.metric_interval_seconds)(self.flush_metrics)
         app.task(self.install_log_scrubbing)
         app.on_partitions_revoked.connect(self.on_partitions_revoked)
+        app.on_before_shutdown.connect(self.on_shutdown)
         from . import web
         web.register(app, self)
         return app
@@ -132,6 +133,10 @@ class Pipeline:
     async def install_log_scrubbing(self) -> None:
         """Log lines pass the same policy as stored rows (once the worker has set up its handlers)."""
         scrub_logs(self.scrubber)
+
+    async def on_shutdown(self, sender, **kwargs) -> None:
+        """A clean stop publishes the metric values and alerts still waiting for their interval."""
+        await self.flush_metrics()
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
         for tp in revoked:
@@ -236,6 +241,11 @@ class Pipeline:
                 if not profile.user:
                     continue
                 self.scrubber.scrub_profile(profile)
+                expected_partition = partition_for_user(profile.user, self.settings.partitions)
+                if event.message.partition != expected_partition:  # join where that user's events are
+                    sends.append(await self.profiles_topic.send(key=profile.user.encode(), value=event.message.value,
+                                                                partition=expected_partition))
+                    continue
                 value = {"email": profile.email, "title": profile.title, "team": profile.team,
                          "ab_flags": dict(profile.ab_flags)}
                 sends.append(table_set(self.profiles, event.message.partition, profile.user, value))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -80,6 +82,8 @@ def run_demo(args) -> int:
     data_dir = Path(args.data_dir or ".tally/demo")
     if data_dir.exists() and not args.keep:
         shutil.rmtree(data_dir)
+    # one pseudonym key shared by the demo's worker and generator (they key messages by it)
+    os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))
     settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)
     broker = None
     worker = generator = None

@@ -363,11 +363,22 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
     """Profiles first (keyed by user, to the compacted topic), then actions keyed by user at `rate`/s
     (0 = as fast as acks allow). Returns (acknowledged, failed) actions."""
     from .producer import send_with_acks
+    key = partition_key()
     if profiles_topic:
         await send_with_acks(bootstrap, profiles_topic,
-                             ((p.user.encode(), p.SerializeToString(), None) for p in profiles))
-    return await send_with_acks(bootstrap, topic, ((a.user.encode(), a.SerializeToString(), None) for a in actions),
+                             ((key(p.user), p.SerializeToString(), None) for p in profiles))
+    return await send_with_acks(bootstrap, topic, ((key(a.user), a.SerializeToString(), None) for a in actions),
                                 rate=rate)
+
+
+def partition_key():
+    """user -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
+    TALLY_HMAC_KEY), which is what it partitions by; other keys cost a re-route."""
+    from .config import from_env
+    from .scrub import Scrubber, load_policy
+    settings = from_env()
+    scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
+    return lambda user: scrubber.scrub_user(user).encode()
 
 
 # --- CLI -------------------------------------------------------------------------------------------

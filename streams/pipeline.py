@@ -102,10 +102,12 @@ def process_batch(messages: list[tuple[bytes | None, Source]], state: PartitionS
             counts.dead_lettered += 1
             counts.dead_letters_by_reason[rejected.reason] = counts.dead_letters_by_reason.get(rejected.reason, 0) + 1
             continue
-        expected_partition = partition_for_user(action.user, stages.partitions)
+        # Counts are summed over partitions, so a user must live in exactly one of them: the one
+        # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
+        stored_user = stages.scrubber.scrub_user(action.user, action.app)
+        expected_partition = partition_for_user(stored_user, stages.partitions)
         if source.partition != expected_partition:
-            # counts are summed over partitions, so a user must live in exactly one of them
-            result.reroutes.append((action.user.encode(), raw, expected_partition))
+            result.reroutes.append((stored_user.encode(), raw, expected_partition))
             counts.rerouted += 1
             continue
         if state.seen(action.event_id):
