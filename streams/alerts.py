@@ -281,7 +281,12 @@ class AlertEngine:
             judged = self._judged_day.get(rule.name)
             if judged == newest:
                 continue
-            days = [newest] if judged is None else days_after(judged, newest)[-MAX_CATCH_UP_DAYS:]
+            if judged is None:
+                # first judgement: every complete day with values, so a backfill that arrives in one
+                # batch alerts as it would have live
+                known = [day for metric, app, day in self._values if (metric, app) == (rule.metric, rule.app)]
+                judged = add_days(min(min(known, default=newest), newest), -1)
+            days = days_after(judged, newest)[-MAX_CATCH_UP_DAYS:]
             self._judged_day[rule.name] = newest
             for day in days:
                 alerts += self._judge_day(rule, day, self._watermark_ms)

@@ -72,6 +72,7 @@ class Pipeline:
         self.retry = RetryPolicy()
         self.partition_states: dict[int, PartitionState] = {}
         self.pending_metrics: dict[str, dict] = {}
+        self.partition_watermarks: dict[str, int] = {}  # input partition -> newest event time, for alerts
         self.pending_alerts: list[Alert] = []
         self.metrics_emitted = 0
         self.app = self._build_app()
@@ -184,8 +185,9 @@ class Pipeline:
         letters: list[DeadLetter] = []
         sends = []  # futures of every message this batch produces, awaited before it is acked
         batch_counts = BatchCounts()
-        partials = []
-        newest_by_app: dict[str, int] = {}
+        # one message with every partition's changed counts and progress: the totals agent applies
+        # all the counts before it moves the watermark, so no day is judged on half its values
+        partial = {"partitions": {}, "counts": []}
         for partition, messages in by_partition.items():
             state = self.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profiles.data)
@@ -200,11 +202,11 @@ class Pipeline:
                 sends.append(table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms))
             for key, value, target in result.reroutes:
                 sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
-            if result.metric_counts:
-                partials.append({"partition": partition, "watermark_day": state.activity.watermark_day,
-                                 "counts": [[m, a, d, c] for (m, a, d), c in result.metric_counts.items()]})
-            for app, ms in result.newest_event_ms.items():
-                newest_by_app[app] = max(ms, newest_by_app.get(app, 0))
+            partial["counts"].extend([partition, m, a, d, c] for (m, a, d), c in result.metric_counts.items())
+            if state.watermark_ms:
+                partial["partitions"][partition] = {"watermark_ms": state.watermark_ms,
+                                                    "watermark_day": state.activity.watermark_day,
+                                                    "newest_event_ms": result.newest_event_ms}
 
         token = batch_token(self.settings.topics.user_actions, offsets)
         await write_with_retry(
@@ -217,12 +219,8 @@ class Pipeline:
                 f"insert of {len(letters)} dead letters")
             for letter in letters:
                 sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
-        for partial in partials:
-            partial["newest_event_ms"] = newest_by_app
+        if partial["partitions"]:
             sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode()))
-        if newest_by_app and not partials:
-            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(
-                {"partition": -1, "counts": [], "newest_event_ms": newest_by_app}).encode()))
         await asyncio.gather(*sends)
         self.counts.add(batch_counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in offsets.items():
@@ -261,10 +259,11 @@ class Pipeline:
         one worker owns every total and the alert rules see them all)."""
         async for event in stream.events():
             partial = json.loads(event.value)
+            progress = partial["partitions"]  # JSON keys: partition numbers as strings
             sends = []
-            now_ms = max(partial.get("newest_event_ms", {}).values(), default=0)
-            partition = str(partial["partition"])
-            for metric, app, day, count in partial["counts"]:
+            now_ms = max(p["watermark_ms"] for p in progress.values())
+            for partition, metric, app, day, count in partial["counts"]:
+                partition = str(partition)
                 key = f"{metric}|{app}|{day_iso(day)}"
                 entry = self.metric_totals.get(key) or {"parts": {}, "value": 0, "version": 0}
                 if entry["parts"].get(partition) == count:
@@ -276,14 +275,20 @@ class Pipeline:
                     continue
                 entry["value"] = total
                 entry["version"] += 1
-                entry["correction"] = day < partial["watermark_day"]
+                entry["correction"] = day < progress[partition]["watermark_day"]
                 entry["updated_ms"] = now_ms
                 sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
                 self.pending_metrics[key] = entry
                 self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
-            # after the counts: a partial that crosses midnight must not judge a day before its last value
-            for app, ms in partial.get("newest_event_ms", {}).items():
-                self.pending_alerts.extend(self.alerts.on_event_time(app, ms))
+            # The stream's event time for alerting is the slowest partition's: a day is complete only
+            # when every partition that has data has passed it (an idle partition holds it back).
+            for partition, info in progress.items():
+                self.partition_watermarks[partition] = max(info["watermark_ms"],
+                                                           self.partition_watermarks.get(partition, 0))
+            low_watermark = min(self.partition_watermarks.values())
+            for info in progress.values():
+                for app, ms in info["newest_event_ms"].items():
+                    self.pending_alerts.extend(self.alerts.on_event_time(app, min(ms, low_watermark)))
             await asyncio.gather(*sends)
 
     async def flush_metrics(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from conftest import publish
-from streams.contract import DeadLetter, MetricUpdate, UserAction
+from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
 from test_end_to_end import DAY_MS, expected_metrics, make_actions, send, wait_for, wait_for_metrics
 
 pytestmark = pytest.mark.kafka
@@ -170,4 +170,29 @@ def test_late_events_count_within_lateness_and_publish_corrections(pipeline_env)
         if key not in latest or update.version > latest[key].version:
             latest[key] = update
     assert {k: u.value for k, u in latest.items()} == expected
+    worker.stop()
+
+
+def test_alert_rules_fire_and_resolve_once_each(pipeline_env, tmp_path):
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text("rules:\n  - {name: bi_dau_low, kind: threshold, metric: dau, app: bi, below: 10}\n")
+    day0 = int(dt.datetime(2026, 5, 4, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    actions = []
+    for day, users in enumerate([20, 3, 20, 20]):  # healthy, a bad day, healthy again, healthy
+        for u in range(users):
+            ts = day0 + day * DAY_MS + 9 * 3_600_000 + u * 60_000
+            actions.append(UserAction(event_id=f"a{day}-{u}", app="bi", user=f"user-{u}", command="dashboard.viewed",
+                                      schema_version=1, start_epoch_ms=ts, end_epoch_ms=ts + 100))
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions)
+    worker = pipeline_env.worker("w1", "--alert-rules", str(rules)).start()
+    worker.wait_consumed(len(actions))
+
+    def alerts():
+        return [Alert.FromString(m.value) for m in
+                asyncio.run(read_topic(pipeline_env.bootstrap, pipeline_env.topics.alerts))]
+
+    seen = wait_for(lambda: (found := alerts()) and len(found) >= 2 and found, what="alerts published")
+    assert [(a.rule, a.state, a.app, a.value) for a in seen] == [
+        ("bi_dau_low", "firing", "bi", 3.0), ("bi_dau_low", "resolved", "bi", 20.0)]
+    assert worker.stats()["alerts_firing"]["firing"] == []
     worker.stop()
