@@ -91,7 +91,12 @@ def luhn_ok(digits: str) -> bool:
 
 def _is_card_number(candidate: str) -> bool:
     digits = candidate.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+        return True
+    # "4111 1111 1111 1111 7": a grouped card followed by some other number
+    head = re.split(r"[ -]", candidate)[:-1]
+    digits = "".join(head)
+    return len(head) > 1 and 13 <= len(digits) <= 19 and luhn_ok(digits)
 
 
 def _is_ipv6(candidate: str) -> bool:
@@ -613,7 +618,7 @@ class Scrubber:
 
     def scrub_user(self, user: str, app: str = "") -> str:
         """The user id as it is stored: what joins (profiles, enrich) must look users up by."""
-        return self._user_value(user, self._rules(app))[0]
+        return self._stored_user(user, self._rules(app))[0]
 
     def scrub_row(self, row: dict) -> dict:
         """Scrub an enriched event dict in place; appends audit entries to row["scrubbed_fields"]."""

@@ -129,6 +129,7 @@ DETECTOR_CASES = [
     ("connect postgres://etl:hunter2pw@db.internal:5432/dw failed", "hunter2pw", "error:mask:url_password"),
     (f"paid with {CARD} today", CARD, "error:mask:card_number"),
     (f"paid with {CARD[:4]} {CARD[4:8]} {CARD[8:12]} {CARD[12:]} today", CARD[12:], "error:mask:card_number"),
+    (f"card {CARD[:4]} {CARD[4:8]} {CARD[8:12]} {CARD[12:]} 7", CARD[8:12] + " " + CARD[12:], "error:mask:card_number"),
     ("owner bob.smith+x@corp.example.com asked", "bob.smith+x@corp.example.com", "error:hmac:email"),
     ("connection to 10.20.30.40:5432 refused", "10.20.30.40", "error:mask:ipv4"),
     ("peer 2001:db8:85a3::8a2e:370:7334 reset", "2001:db8:85a3::8a2e:370:7334", "error:mask:ipv6"),
