@@ -101,7 +101,6 @@ class Pipeline:
             table_standby_replicas=0,
             logging_config=None,
         )
-        self.app = app
         topics = s.topics
         self.actions_topic = app.topic(topics.user_actions, key_type=bytes, value_type=bytes,
                                        key_serializer="raw", value_serializer="raw", partitions=s.partitions)
@@ -305,7 +304,14 @@ class Pipeline:
             await self.alerts_topic.send(key=f"{alert.rule}|{alert.app}".encode(), value=alert.SerializeToString())
 
     # ---- views for the web endpoint ---------------------------------------------------------
+    def owns_totals(self) -> bool:
+        """Whether this worker holds the totals (the partials topic's one partition)."""
+        return any(tp.topic == self.partials_topic.get_topic_name() for tp in self.app.consumer.assignment())
+
     def current_totals(self, metric: str | None = None, app: str | None = None) -> list[dict]:
+        """The exact totals, from the worker that owns them; [] on the others (their copy may be stale)."""
+        if not self.owns_totals():
+            return []
         rows = []
         for key, entry in list(self.metric_totals.data.items()):
             m, a, day = key.split("|")
