@@ -1,0 +1,141 @@
+"""`tally bench` / `python -m bench`: ceiling, naive peer, Tally and latency in one run.
+
+Starts a throwaway Kafka broker unless --bootstrap is given, pre-loads generated traffic, runs the
+four measurements, prints a table and writes JSON (default bench/results/bench-<UTC time>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = None, say=print) -> dict:
+    """Every measurement of `plan` against the broker at `bootstrap`; the results as one dict."""
+    from . import harness, load, procstat, report
+
+    # one pseudonym key for this process (which keys the messages) and the workers (which partition by it)
+    os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run_id}-"
+    say(f"generating {plan.events:,} events ...")
+    traffic = load.generate(max(plan.events, plan.naive_events))
+    say(f"pre-loading them into {prefix}user-actions ...")
+    topics = asyncio.run(harness.load_input(bootstrap, prefix, traffic, plan.partitions))
+
+    say("ceiling: bare aiokafka consumer + decode ...")
+    ceiling = asyncio.run(harness.run_ceiling(bootstrap, topics.user_actions, plan.events, f"{prefix}ceiling"))
+    say(f"    {ceiling['events_per_s']:,} events/s")
+
+    say("tally: full pipeline, one worker ...")
+    def record_with_py_spy(pid: int):
+        from .profile import PySpy
+        return PySpy(pid, profile_dir / f"tally-{run_id}").start()
+
+    tally = harness.run_tally(bootstrap, prefix, plan.events, work_dir / "tally", f"{prefix}tally", plan,
+                              profile=record_with_py_spy if profile_dir is not None else None)
+    tally["ratio_to_ceiling"] = round(tally["events_per_s"] / ceiling["events_per_s"], 3)
+    say(f"    {tally['events_per_s']:,} events/s, {tally['ratio_to_ceiling']:.0%} of the ceiling")
+
+    say(f"naive peer: {plan.naive_events:,} events, one insert each ...")
+    naive = harness.run_naive(bootstrap, topics.user_actions, plan.naive_events, work_dir / "naive", f"{prefix}naive")
+    say(f"    {naive['events_per_s']:,} events/s")
+
+    say(f"latency: {plan.latency_rate:,.0f} events/s for {plan.latency_seconds:.0f} s ...")
+    latency = harness.run_latency(bootstrap, f"{prefix}lat-", traffic, work_dir / "latency", f"{prefix}latency", plan)
+    say(f"    p95 {latency['p95_ms']:,} ms")
+
+    results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "machine": procstat.machine(), "plan": dataclasses.asdict(plan),
+               "ceiling": ceiling, "naive": naive, "tally": tally, "latency": latency}
+    results["targets"] = report.targets(results)
+    return results
+
+
+def plan_from_args(args: argparse.Namespace):
+    from .harness import RunPlan
+    plan = RunPlan.quick() if args.quick else RunPlan()
+    changes = {name: value for name, value in (
+        ("events", args.events), ("naive_events", args.naive_events), ("latency_rate", args.latency_rate),
+        ("latency_seconds", args.latency_seconds), ("batch_size", args.batch_size)) if value is not None}
+    plan = dataclasses.replace(plan, **changes)
+    if plan.events < 100 or plan.naive_events < 100:
+        raise SystemExit("--events and --naive-events must be at least 100 (10% of a run is warm-up)")
+    return plan
+
+
+def _cli_bench(args: argparse.Namespace) -> int:
+    from streams.broker import Broker
+
+    from . import report
+    from .harness import free_port
+    plan = plan_from_args(args)
+    # a terminated run still stops its workers and broker (the finally blocks run on SystemExit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    keep = args.work_dir is not None
+    work_dir = Path(args.work_dir) if keep else Path(tempfile.mkdtemp(prefix="tally-bench-"))
+    broker = None
+    bootstrap = args.bootstrap
+    try:
+        if not bootstrap:
+            print("starting a Kafka broker for the run ...")
+            broker = Broker(home=work_dir / "kafka", port=free_port(), controller_port=free_port()).start()
+            bootstrap = broker.bootstrap
+        results = run_bench(plan, bootstrap, work_dir,
+                            profile_dir=Path(args.profile) if args.profile else None)
+    finally:
+        if broker is not None:
+            broker.stop()
+        if not keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"bench-{stamp}.json")
+    print()
+    print(report.table(results))
+    print(f"\nwrote {path}")
+    return 0
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run (5k events, 5 s latency) that checks the harness works")
+    parser.add_argument("--events", type=int, help="events for the ceiling and Tally throughput runs (default 500k)")
+    parser.add_argument("--naive-events", type=int, help="events for the naive peer (default 20k)")
+    parser.add_argument("--latency-rate", type=float, help="events/s offered in the latency run (default 5000)")
+    parser.add_argument("--latency-seconds", type=float, help="length of the latency run (default 30)")
+    parser.add_argument("--batch-size", type=int, help="the worker's --batch-size (rows per insert)")
+    parser.add_argument("--output", help="JSON file to write (default bench/results/bench-<UTC time>.json)")
+    parser.add_argument("--work-dir", help="keep data dirs and logs here (default: a temp dir, removed)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record the Tally worker with py-spy during its throughput run; write the profile to DIR")
+    parser.set_defaults(func=_cli_bench)
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark: ceiling, naive peer, Tally throughput and latency",
+                                   description=__doc__.splitlines()[0])
+    _add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The benchmark's input: generated traffic, serialised once, and two ways to put it into Kafka.
+
+`preload` fills a topic as fast as the broker takes it, before any consumer under test starts, so
+the producer is never what is measured. `send_steady` offers a fixed rate and records where each
+event landed (partition, offset) and when it was sent, for the produce-to-queryable latency.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from streams.generator import generate_actions, generate_profiles
+from streams.pipeline import partition_for_user
+
+DAYS = 28  # four weeks of history: every active-user window has something to count
+USERS = 2_000
+SEED = 7
+
+
+@dataclass(frozen=True)
+class Traffic:
+    messages: list[tuple[bytes, bytes]]  # (key = stored user id, value = UserAction bytes), in event-time order
+    profiles: list[tuple[bytes, bytes]]  # (key = stored user id, value = UserProfile bytes)
+
+
+def events_per_weekday(events: int, days: int = DAYS) -> int:
+    """The generator's weekday volume that yields about `events` over `days` (weekends get a fifth)."""
+    weekdays = days * 5 / 7
+    return max(1, int(events / (weekdays + (days - weekdays) * 0.2)) + 1)
+
+
+def stored_user_key():
+    """(user, app) -> Kafka key: the user id as the pipeline stores it (pseudonymised with the scrub policy
+    and TALLY_HMAC_KEY), which is what it partitions by; any other key costs a re-route."""
+    from streams.config import from_env
+    from streams.scrub import Scrubber, load_policy
+    settings = from_env()
+    scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
+    return lambda user, app="": scrubber.scrub_user(user, app).encode()
+
+
+def generate(events: int, seed: int = SEED, users: int = USERS, today: dt.date | None = None) -> Traffic:
+    """`events` realistic actions ending before today (UTC), keyed like the SDK keys them, and every
+    user's profile."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    start = today - dt.timedelta(days=DAYS)
+    key = stored_user_key()
+    actions = generate_actions(seed, start, DAYS, users, events_per_weekday(events))
+    messages = [(key(a.user, a.app), a.SerializeToString()) for a in itertools.islice(actions, events)]
+    if len(messages) < events:
+        raise ValueError(f"generator gave {len(messages)} events, wanted {events}")
+    now_ms = int(time.time() * 1000)
+    profiles = [(key(p.user), p.SerializeToString()) for p in generate_profiles(seed, users, now_ms)]
+    return Traffic(messages, profiles)
+
+
+def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Messages grouped by the partition Kafka's default partitioner gives their key, order kept."""
+    grouped: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+    for key, value in messages:
+        grouped[partition_for_user(key.decode(), partitions)].append((key, value))
+    return grouped
+
+
+async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int) -> int:
+    """Write every message into `topic` (keyed partitioning, like the SDK), in large batches; returns acked."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024,
+                                max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for partition, values in sorted(by_partition(messages, partitions).items()):
+            batch = producer.create_batch()
+            for key, value in values:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return len(messages)
+
+
+@dataclass(frozen=True)
+class Sent:
+    partition: int
+    offset: int
+    sent_s: float  # wall clock (time.time) when the send was issued
+
+
+async def send_steady(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float,
+                      restamp) -> list[Sent]:
+    """Send `messages` at `rate` per second, in 10 ms ticks; `restamp(value, now_ms)` gives the bytes to send
+    (event time = send time). Returns where and when each one was sent."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
+    await producer.start()
+    try:
+        futures: list[tuple[float, asyncio.Future]] = []
+        started = time.monotonic()
+        sent = 0
+        while sent < len(messages):
+            due = min(len(messages), int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                key, value = messages[sent]
+                now = time.time()
+                futures.append((now, await producer.send(topic, restamp(value, int(now * 1000)), key=key)))
+                sent += 1
+            await asyncio.sleep(0.01)
+        results = []
+        for sent_s, future in futures:
+            metadata = await future
+            results.append(Sent(metadata.partition, metadata.offset, sent_s))
+        return results
+    finally:
+        await producer.stop()

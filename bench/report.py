@@ -1,0 +1,72 @@
+"""The results as a table for people and as JSON for later comparison."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The issue's targets for the full pipeline on one worker (2-core machine, broker included).
+TARGET_EVENTS_PER_S = 30_000
+TARGET_RATIO_TO_CEILING = 0.40
+TARGET_P95_MS = 5_000
+FLAT_MEMORY_GROWTH = 1.25  # end of run over warm start; more than this is not "flat"
+
+
+def targets(results: dict) -> dict[str, dict]:
+    """Each target with the measured value and whether it was met."""
+    tally, latency = results["tally"], results["latency"]
+    memory = tally["memory"]
+    growth = memory["end_mb"] / memory["start_mb"] if memory["start_mb"] else 0.0
+    return {
+        "events_per_s": {"target": f">= {TARGET_EVENTS_PER_S}", "value": tally["events_per_s"],
+                         "met": tally["events_per_s"] >= TARGET_EVENTS_PER_S},
+        "ratio_to_ceiling": {"target": f">= {TARGET_RATIO_TO_CEILING:.0%}", "value": tally["ratio_to_ceiling"],
+                             "met": tally["ratio_to_ceiling"] >= TARGET_RATIO_TO_CEILING},
+        "p95_ms": {"target": f"<= {TARGET_P95_MS}", "value": latency["p95_ms"],
+                   "met": latency["p95_ms"] <= TARGET_P95_MS},
+        "memory_growth": {"target": f"<= {FLAT_MEMORY_GROWTH}x", "value": round(growth, 2),
+                          "met": growth <= FLAT_MEMORY_GROWTH},
+    }
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def table(results: dict) -> str:
+    """A fixed-width table of the four sections and the targets."""
+    ceiling, naive, tally, latency = (results[k] for k in ("ceiling", "naive", "tally", "latency"))
+    memory = tally["memory"]
+    rows = [
+        ("stage", "events", "events/s", "CPU s / M events", "vs ceiling", "notes"),
+        ("ceiling: bare aiokafka + decode", _rate(ceiling["events"]), _rate(ceiling["events_per_s"]),
+         f"{ceiling['cpu_seconds_per_million']:.1f}", "100%", ""),
+        ("naive: Faust, 1 insert per event", _rate(naive["events"]), _rate(naive["events_per_s"]),
+         f"{naive['cpu_seconds_per_million']:.1f}", f"{naive['events_per_s'] / ceiling['events_per_s']:.1%}", ""),
+        ("tally: full pipeline, 1 worker", _rate(tally["events"]), _rate(tally["events_per_s"]),
+         f"{tally['cpu_seconds_per_million']:.1f}", f"{tally['ratio_to_ceiling']:.1%}",
+         f"RSS {memory['start_mb']:.0f}/{memory['middle_mb']:.0f}/{memory['end_mb']:.0f} MB "
+         f"(warm/mid/end), peak {memory['peak_mb']:.0f}; {tally['inserts']} inserts"),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"latency, produce -> queryable in ClickHouse, at {latency['offered_rate']:,.0f} events/s offered "
+                 f"({latency['achieved_rate']:,} achieved) for {latency['seconds']:.0f} s, {latency['seen']:,} events: "
+                 f"p50 {latency['p50_ms']:,} ms, p95 {latency['p95_ms']:,} ms, p99 {latency['p99_ms']:,} ms, "
+                 f"max {latency['max_ms']:,} ms")
+    lines.append("")
+    for name, target in results["targets"].items():
+        lines.append(f"{'met ' if target['met'] else 'MISS'}  {name}: {target['value']} (target {target['target']})")
+    machine = results["machine"]
+    lines.append("")
+    lines.append(f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gb']} GB, "
+                 f"Python {machine['python']}; broker on the same machine")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path

@@ -1,0 +1,89 @@
+"""The benchmark harness: its arithmetic on plain values, and a quick run of `tally bench` so it can't rot."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.measure import Progress, measured_window, memory_profile, percentile, visible_after
+from bench.profile import hot_functions
+from bench.procstat import parse_cpu_seconds, parse_rss_mb
+
+
+def test_window_starts_after_the_warm_up_and_ends_when_everything_is_done():
+    samples = [Progress(0.0, 0, 0.0, 100), Progress(1.0, 50, 1.0, 110), Progress(2.0, 150, 2.0, 120),
+               Progress(3.0, 600, 5.0, 130), Progress(4.0, 1000, 8.0, 125)]
+    window = measured_window(samples, total=1000)
+    assert (window.events, window.seconds, window.cpu_seconds) == (850, 2.0, 6.0)
+    assert window.events_per_s == 425
+    assert window.cpu_seconds_per_million == pytest.approx(6.0 / 850 * 1e6)
+    assert memory_profile(samples, total=1000) == {"start_mb": 120, "middle_mb": 130, "end_mb": 125,
+                                                   "peak_mb": 130}
+
+
+def test_a_run_seen_in_one_look_is_measured_from_the_look_before():
+    samples = [Progress(0.0, 0, 0.0, 100), Progress(0.5, 1000, 1.0, 100)]
+    assert measured_window(samples, total=1000).events_per_s == 2000
+    with pytest.raises(ValueError):
+        measured_window(samples[1:], total=1000)
+    with pytest.raises(ValueError):
+        measured_window(samples[:1], total=1000)
+
+
+def test_each_event_is_visible_from_the_first_poll_that_stored_its_offset():
+    sent = [(0, 0, 10.0), (0, 1, 10.1), (1, 0, 10.2), (1, 5, 10.3)]
+    polls = [(10.5, {0: 0}), (11.0, {0: 3, 1: 2}), (12.0, {0: 3, 1: 5})]
+    assert visible_after(sent, polls) == pytest.approx([0.5, 0.9, 0.8, 1.7])
+    assert visible_after([(2, 0, 10.0)], polls) == [None]  # never stored
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert (percentile(values, 50), percentile(values, 95), percentile(values, 99), percentile(values, 100)) == \
+        (50, 95, 99, 100)
+    assert percentile([7.0], 95) == 7.0
+
+
+def test_proc_parsing_reads_cpu_ticks_and_resident_memory():
+    stat = "123 (python -m a) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0"
+    assert parse_cpu_seconds(stat) == pytest.approx(300 / __import__("os").sysconf("SC_CLK_TCK"))
+    assert parse_rss_mb("Name:\tpython\nVmRSS:\t  204800 kB\n") == 200.0
+
+
+def test_hot_functions_leave_out_the_idle_event_loop_and_sum_the_pipeline():
+    lines = ["thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/pipeline.py:80);to_row (streams/enrich.py:9) 6",
+             "thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/pipeline.py:81) 2",
+             "thread (1): MainThread;run_forever (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 50",
+             "thread (2): asyncio_0;insert (streams/sink.py:3) 2"]
+    hot = hot_functions(lines)
+    assert (hot["samples"], hot["idle_samples"]) == (10, 50)
+    assert hot["threads"] == {"MainThread": 0.8, "asyncio_0": 0.2}
+    assert hot["self"][0] == {"function": "to_row (streams/enrich.py)", "share": 0.6}
+    own = {entry["function"]: entry["share"] for entry in hot["own_total"]}
+    assert own["process_batch (streams/pipeline.py)"] == 0.8
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, tmp_path):
+    output = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "--quick", "--bootstrap", bootstrap,
+                          "--output", str(output), "--work-dir", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(output.read_text())
+
+    for stage in ("ceiling", "naive", "tally"):
+        assert results[stage]["events"] > 0 and results[stage]["events_per_s"] > 0, results[stage]
+        assert results[stage]["cpu_seconds_per_million"] > 0, results[stage]
+    tally = results["tally"]
+    assert tally["stored_rows"] == tally["distinct_event_ids"] == tally["events_sent"] == 5_000
+    assert (tally["delivered"], tally["dead_lettered"], tally["rerouted"]) == (5_000, 0, 0)  # keyed as stored
+    assert 0 < tally["memory"]["start_mb"] <= tally["memory"]["peak_mb"]
+    assert tally["ratio_to_ceiling"] > 0
+
+    latency = results["latency"]
+    assert latency["seen"] == latency["measured"] > 0  # every measured event became queryable
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert set(results["targets"]) == {"events_per_s", "ratio_to_ceiling", "p95_ms", "memory_growth"}
+    assert "ceiling: bare aiokafka" in run.stdout and "p95" in run.stdout  # the printed table
