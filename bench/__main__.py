@@ -49,6 +49,13 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     tally["ratio_to_ceiling"] = round(tally["events_per_s"] / ceiling["events_per_s"], 3)
     say(f"    {tally['events_per_s']:,} events/s, {tally['ratio_to_ceiling']:.0%} of the ceiling")
 
+    say("faust floor: take_events + decode only, nothing stored ...")
+    floor = harness.run_naive(bootstrap, topics.user_actions, plan.events, work_dir / "floor", f"{prefix}floor",
+                              floor=True)
+    floor["ratio_to_ceiling"] = round(floor["events_per_s"] / ceiling["events_per_s"], 3)
+    tally["ratio_to_faust_floor"] = round(tally["events_per_s"] / floor["events_per_s"], 3)
+    say(f"    {floor['events_per_s']:,} events/s")
+
     say(f"naive peer: {plan.naive_events:,} events, one insert each ...")
     naive = harness.run_naive(bootstrap, topics.user_actions, plan.naive_events, work_dir / "naive", f"{prefix}naive")
     say(f"    {naive['events_per_s']:,} events/s")
@@ -59,7 +66,8 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
 
     results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "machine": procstat.machine(), "plan": dataclasses.asdict(plan),
-               "ceiling": ceiling, "naive": naive, "tally": tally, "latency": latency}
+               "ceiling": ceiling, "faust_floor": floor, "naive": naive, "tally": tally,
+               "latency": latency}
     results["targets"] = report.targets(results)
     return results
 

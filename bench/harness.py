@@ -103,14 +103,16 @@ async def run_ceiling(bootstrap: str, topic: str, events: int, group: str) -> di
 # ---- 2. naive peer ----------------------------------------------------------------------------
 
 def run_naive(bootstrap: str, topic: str, events: int, work_dir: Path, app_id: str,
-              timeout_s: float = 1800) -> dict:
-    """bench.naive_peer in a subprocess until it has inserted `events` events one by one."""
+              timeout_s: float = 1800, floor: bool = False) -> dict:
+    """bench.naive_peer in a subprocess until it has inserted `events` events one by one (or, as the
+    Faust floor, decoded them in take_events batches)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     result_file = work_dir / "naive-result.json"
     with open(work_dir / "naive.log", "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.naive_peer", "--bootstrap", bootstrap, "--topic", topic, "--app-id", app_id,
-             "--data-dir", str(work_dir), "--events", str(events), "--result", str(result_file)],
+             "--data-dir", str(work_dir), "--events", str(events), "--result", str(result_file),
+             *(["--floor"] if floor else [])],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
@@ -129,7 +131,7 @@ def run_naive(bootstrap: str, topic: str, events: int, work_dir: Path, app_id: s
     rate = measured["events"] / measured["seconds"]
     return {"events": measured["events"], "seconds": round(measured["seconds"], 3), "events_per_s": round(rate),
             "cpu_seconds_per_million": round(measured["cpu_seconds"] / measured["events"] * 1_000_000, 1),
-            "inserts": events}
+            "inserts": 0 if floor else events}
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:

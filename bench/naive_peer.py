@@ -1,6 +1,9 @@
 """The naive peer: the Faust agent most tutorials show. One event at a time, one ClickHouse insert each.
 
-    python -m bench.naive_peer --bootstrap B --topic T --app-id A --data-dir D --events N --result FILE
+    python -m bench.naive_peer --bootstrap B --topic T --app-id A --data-dir D --events N --result FILE [--floor]
+
+With --floor it is instead the Faust floor: `take_events` batches, decode only, nothing stored:
+what Faust's own per-message machinery costs, the fastest any Faust agent design can go.
 
 It reads the same Protobuf messages as Tally, decodes each, and inserts it on its own into a chDB
 table in its own data directory. After N events it writes what it measured (events, seconds and
@@ -30,12 +33,34 @@ ENGINE = MergeTree ORDER BY (app, ts)"""
 def build_app(args: argparse.Namespace) -> faust.App:
     app = faust.App(args.app_id, broker=f"kafka://{args.bootstrap}", store="memory://",
                     datadir=str(Path(args.data_dir) / "faust"), consumer_auto_offset_reset="earliest",
-                    web_enabled=False, logging_config=None)
+                    web_enabled=False, logging_config=None, stream_buffer_maxsize=40_000,
+                    broker_max_poll_records=10_000, consumer_max_fetch_size=16 * 1024 * 1024)
     topic = app.topic(args.topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    client = clickhouse.connect(f"chdb://{Path(args.data_dir).resolve() / 'clickhouse'}")
-    client.command(CREATE_TABLE)
+    client = None if args.floor else clickhouse.connect(f"chdb://{Path(args.data_dir).resolve() / 'clickhouse'}")
+    if client is not None:
+        client.command(CREATE_TABLE)
     warm_up = max(1, args.events // 10)
     marks: dict[str, float] = {}
+
+    def mark(count: int) -> None:
+        if count >= warm_up and "wall" not in marks:
+            marks["wall"], marks["cpu"], marks["at"] = time.monotonic(), time.process_time(), count
+        if count >= args.events and "done" not in marks:
+            marks["done"] = count
+            Path(args.result).write_text(json.dumps({
+                "events": count - marks["at"], "seconds": time.monotonic() - marks["wall"],
+                "cpu_seconds": time.process_time() - marks["cpu"]}))
+
+    if args.floor:
+        @app.agent(topic)
+        async def decode_only(stream):
+            count = 0
+            async for events in stream.take_events(20_000, within=1.0):
+                for event in events:
+                    UserAction.FromString(event.message.value)
+                count += len(events)
+                mark(count)
+        return app
 
     @app.agent(topic)
     async def store_each(stream):
@@ -48,12 +73,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
                                                  action.end_epoch_ms - action.start_epoch_ms,
                                                  dict(action.properties)]], column_names=COLUMNS)
                 count += 1
-                if count == warm_up:
-                    marks["wall"], marks["cpu"] = time.monotonic(), time.process_time()
-                if count == args.events:
-                    Path(args.result).write_text(json.dumps({
-                        "events": count - warm_up, "seconds": time.monotonic() - marks["wall"],
-                        "cpu_seconds": time.process_time() - marks["cpu"]}))
+                mark(count)
         except Exception as exc:  # a crashed agent leaves the worker running: tell the harness
             Path(args.result).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
             raise
@@ -66,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("--bootstrap", "--topic", "--app-id", "--data-dir", "--result"):
         parser.add_argument(flag, required=True)
     parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--floor", action="store_true", help="take_events + decode only, no inserts")
     args = parser.parse_args(argv)
     app = build_app(args)
     faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -35,17 +35,21 @@ def _rate(value: float) -> str:
 def table(results: dict) -> str:
     """A fixed-width table of the four sections and the targets."""
     ceiling, naive, tally, latency = (results[k] for k in ("ceiling", "naive", "tally", "latency"))
+    floor = results.get("faust_floor")
     memory = tally["memory"]
     rows = [
         ("stage", "events", "events/s", "CPU s / M events", "vs ceiling", "notes"),
         ("ceiling: bare aiokafka + decode", _rate(ceiling["events"]), _rate(ceiling["events_per_s"]),
          f"{ceiling['cpu_seconds_per_million']:.1f}", "100%", ""),
+        *([("faust floor: take_events + decode", _rate(floor["events"]), _rate(floor["events_per_s"]),
+            f"{floor['cpu_seconds_per_million']:.1f}", f"{floor['ratio_to_ceiling']:.1%}", "")] if floor else []),
         ("naive: Faust, 1 insert per event", _rate(naive["events"]), _rate(naive["events_per_s"]),
          f"{naive['cpu_seconds_per_million']:.1f}", f"{naive['events_per_s'] / ceiling['events_per_s']:.1%}", ""),
         ("tally: full pipeline, 1 worker", _rate(tally["events"]), _rate(tally["events_per_s"]),
          f"{tally['cpu_seconds_per_million']:.1f}", f"{tally['ratio_to_ceiling']:.1%}",
          f"RSS {memory['start_mb']:.0f}/{memory['middle_mb']:.0f}/{memory['end_mb']:.0f} MB "
-         f"(warm/mid/end), peak {memory['peak_mb']:.0f}; {tally['inserts']} inserts"),
+         f"(warm/mid/end), peak {memory['peak_mb']:.0f}; {tally['inserts']} inserts"
+         + (f"; {tally['ratio_to_faust_floor']:.0%} of the Faust floor" if floor else "")),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import faust
 
@@ -39,6 +40,19 @@ log = logging.getLogger(__name__)
 
 PARTIALS_TOPIC = "tally-active-user-partials"
 WATERMARK_KEY = "~watermark"
+
+
+@dataclass
+class PreparedBatch:
+    """A batch that went through the stages and waits to be made durable."""
+    events: list
+    offsets: dict[int, tuple[int, int]]  # partition -> (first, last) offset
+    rows: list[dict] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    sends: list = field(default_factory=list)  # futures of table changelog writes
+    partial: dict = field(default_factory=lambda: {"partitions": {}, "counts": []})
+    counts: BatchCounts = field(default_factory=BatchCounts)
 
 
 def table_set(table, partition: int, key: str, value):
@@ -89,6 +103,8 @@ class Pipeline:
             topic_replication_factor=1,
             consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4096, s.sink_batch_size * 2),
+            broker_max_poll_records=max(500, s.sink_batch_size // 2),  # fewer hops to the consumer thread
+            consumer_max_fetch_size=16 * 1024 * 1024,
             broker_commit_every=max(1000, s.sink_batch_size),
             broker_commit_interval=1.0,
             producer_linger_ms=5,
@@ -165,11 +181,25 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
+        """Batches of the input, pipelined one deep: while batch N is being made durable (insert in a
+        thread, sends awaited), batch N+1 runs through the stages. Events are acked by hand, only
+        once their batch is durable, so offsets never pass rows ClickHouse doesn't have."""
         s = self.settings
-        async for events in stream.take_events(s.sink_batch_size, within=s.sink_batch_seconds):
-            await self.handle_actions(events)
+        stream = stream.noack()
+        durable: asyncio.Task | None = None
+        try:
+            async for events in stream.take_events(s.sink_batch_size, within=s.sink_batch_seconds):
+                batch = self.run_stages(events)
+                if durable is not None:
+                    await durable  # at most one batch in flight; partials stay in order
+                durable = asyncio.ensure_future(self.make_durable(batch, stream))
+        finally:
+            if durable is not None:
+                await durable
 
-    async def handle_actions(self, events) -> None:
+    def run_stages(self, events) -> "PreparedBatch":
+        """The CPU part of a batch: every partition's messages through `process_batch`, state
+        changes written to the tables (their changelog sends are collected, not awaited)."""
         by_partition: dict[int, list] = defaultdict(list)
         offsets: dict[int, tuple[int, int]] = {}
         for event in events:
@@ -180,34 +210,38 @@ class Pipeline:
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
 
-        rows: list[dict] = []
-        letters: list[DeadLetter] = []
-        sends = []  # futures of every message this batch produces, awaited before it is acked
-        batch_counts = BatchCounts()
+        batch = PreparedBatch(events=events, offsets=offsets)
         # one message with every partition's changed counts and progress: the totals agent applies
         # all the counts before it moves the watermark, so no day is judged on half its values
-        partial = {"partitions": {}, "counts": []}
+        partial = batch.partial
         for partition, messages in by_partition.items():
             state = self.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profiles.data)
-            rows.extend(result.rows)
-            letters.extend(result.dead_letters)
-            batch_counts.add(result.counts)
+            batch.rows.extend(result.rows)
+            batch.letters.extend(result.dead_letters)
+            batch.reroutes.extend(result.reroutes)
+            batch.counts.add(result.counts)
+            sends = batch.sends
             for (app, user), days in result.user_days.items():
                 sends.append(table_set(self.user_days, partition, f"{partition}|{app}|{user}", days))
             for app, user in result.expired_users:
                 sends.append(table_delete(self.user_days, partition, f"{partition}|{app}|{user}"))
             if result.rows:
                 sends.append(table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms))
-            for key, value, target in result.reroutes:
-                sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
             partial["counts"].extend([partition, m, a, d, c] for (m, a, d), c in result.metric_counts.items())
             if state.watermark_ms:
                 partial["partitions"][partition] = {"watermark_ms": state.watermark_ms,
                                                     "watermark_day": state.activity.watermark_day,
                                                     "newest_event_ms": result.newest_event_ms}
+        return batch
 
-        token = batch_token(self.settings.topics.user_actions, offsets)
+    async def make_durable(self, batch: "PreparedBatch", stream) -> None:
+        """The I/O part: rows and dead letters into ClickHouse, messages out, then the acks."""
+        sends = batch.sends
+        for key, value, target in batch.reroutes:
+            sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
+        token = batch_token(self.settings.topics.user_actions, batch.offsets)
+        rows, letters = batch.rows, batch.letters
         await write_with_retry(
             lambda: self.writer.insert("user_actions", rows, USER_ACTION_COLUMNS, token), self.retry,
             f"insert of {len(rows)} rows into user_actions")
@@ -218,11 +252,13 @@ class Pipeline:
                 f"insert of {len(letters)} dead letters")
             for letter in letters:
                 sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
-        if partial["partitions"]:
-            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode()))
+        if batch.partial["partitions"]:
+            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(batch.partial).encode()))
         await asyncio.gather(*sends)
-        self.counts.add(batch_counts)  # counted once stored and sent: what /stats reports is durable
-        for partition, (_, high) in offsets.items():
+        for event in batch.events:
+            await stream.ack(event)
+        self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
+        for partition, (_, high) in batch.offsets.items():
             self.consumed_offsets[partition] = high
 
     async def profiles_agent(self, stream) -> None:

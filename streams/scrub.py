@@ -152,7 +152,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
              tuple(h for _, h in _SQL_HEADS)),
     # 13-19 digits written plain, in groups of four, or as Amex 4-6-5; validated by Luhn.
     Detector("card_number",
-             r"(?<![0-9])(?:[2-6][0-9]{12,18}|[2-6][0-9]{3}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?"
+             r"(?<![0-9])(?<![0-9][.,])(?:[2-6][0-9]{12,18}|[2-6][0-9]{3}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?"
              r"|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4,5})(?![0-9])",
              tuple(rf"{d}[0-9]{{3}}(?:[0-9]{{9}}|[ -][0-9]{{4}}[ -][0-9]|[ -][0-9]{{6}}[ -])" for d in "23456"),
              validate=_is_card_number),
@@ -1013,7 +1013,7 @@ class ScrubLogFilter(logging.Filter):
         message = record.getMessage()
         scrubbed, audit = self.scrubber.scrub_text(message, "log")
         if audit:
-            record.msg, record.args = scrubbed, None
+            record.msg, record.args = scrubbed, ()  # () not None: other handlers format it again
         if record.exc_info and not record.exc_text:
             record.exc_text = self.scrubber.scrub_text(logging.Formatter().formatException(record.exc_info), "log")[0]
         return True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -26,11 +27,18 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
     asyncio.run(create_topics(settings.bootstrap, counts, compacted))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
     pipeline = create_app(settings)
+    # Batches make many short-lived dicts; the default GC thresholds rescan the long-lived state
+    # (tables, caches) far too often. Freeze what exists now and collect the young generation rarely.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     marker = worker_file(settings.data_dir)
     marker.write_text(json.dumps({"pid": os.getpid(), "web_port": settings.web_port,
                                   "clickhouse": settings.clickhouse_dsn if not settings.is_embedded_clickhouse else "chdb"}))
     try:
         worker = faust.Worker(pipeline.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        # The spinner sets the root logger to DEBUG and adds a DEBUG handler: every aiokafka/Faust
+        # debug message would then be formatted (and scrubbed) for nothing.
+        worker.spinner = None
         worker.execute_from_commandline()
     finally:
         marker.unlink(missing_ok=True)

@@ -49,6 +49,21 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise TimeoutError(what)
 
 
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """The number of messages of `topic` the consumer group has committed."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+            return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+        finally:
+            await admin.close()
+    return asyncio.run(read())
+
+
 def expected_metrics(actions: list[UserAction]) -> dict[tuple[str, str, str], int]:
     counts = exact_counts((a.app, a.user, dt.datetime.fromtimestamp(a.start_epoch_ms / 1000, dt.timezone.utc).date().toordinal())
                           for a in actions)
@@ -99,6 +114,9 @@ def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_e
     assert {(app, day): n for app, day, n in per_day} == {k: len(v) for k, v in truth.items()}
     # ~2 inserts per second of consumption at most: batched, never one insert per event
     assert stats["sink"]["inserts"] < len(actions) / 100
+    # the consumer group's committed offsets reach the end once the rows are stored
+    wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, pipeline_env.topics.user_actions) == 3000,
+             what="offsets committed")
 
     # the live tables agree exactly with a brute-force count over the same events
     wait_for_metrics([worker], expected_metrics(actions))
