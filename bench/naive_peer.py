@@ -55,7 +55,8 @@ def build_app(args: argparse.Namespace) -> faust.App:
         @app.agent(topic)
         async def decode_only(stream):
             count = 0
-            async for events in stream.take_events(20_000, within=1.0):
+            # batches of at most 20k, like the worker, but at least ~20 of them so the warm-up mark lands
+            async for events in stream.take_events(max(100, min(20_000, args.events // 20)), within=1.0):
                 for event in events:
                     UserAction.FromString(event.message.value)
                 count += len(events)
