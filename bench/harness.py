@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.config import Settings, Topics
+from streams.demo import stop as stop_process  # SIGTERM, then SIGKILL after a timeout
 
 from . import procstat
 from .load import Sent, Traffic, preload, send_steady
@@ -134,17 +134,6 @@ def run_naive(bootstrap: str, topic: str, events: int, work_dir: Path, app_id: s
             "inserts": 0 if floor else events}
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # ---- the Tally worker as a user runs it ---------------------------------------------------------
 
 class Worker:
@@ -202,7 +191,7 @@ class Worker:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_process(self.process, timeout_s=60)
+            stop_process(self.process, timeout=60)
 
 
 def watch(worker: Worker, events: int, timeout_s: float) -> list[Progress]:

@@ -156,11 +156,11 @@ class Broker:
         return self
 
     def _wait_ready(self, process: subprocess.Popen, timeout: float) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient  # noqa: F401  (import cost paid once here)
         import asyncio
 
+        from aiokafka.admin import AIOKafkaAdminClient
+
         async def metadata_ok() -> bool:
-            from aiokafka.admin import AIOKafkaAdminClient
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
             try:
                 await admin.start()
