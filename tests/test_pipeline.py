@@ -1,0 +1,106 @@
+"""One partition's batch through every stage, in memory: what the worker does between Kafka and
+ClickHouse, without either."""
+import json
+
+import pytest
+
+from streams.active_users import PartitionActivity
+from streams.contract import DeadLetter, UserAction
+from streams.enrich import load_mapping
+from streams.outcome import Source
+from streams.pipeline import PartitionState, Stages, partition_for_user, process_batch
+from streams.scrub import Scrubber, load_policy
+from streams.validate import DAY_MS, Limits
+
+NOW = 1_764_000_000_000
+PARTITIONS = 4
+SCRUBBER = Scrubber(load_policy(hmac_key="test-key"))
+STAGES = Stages(Limits(), load_mapping(), SCRUBBER, PARTITIONS)
+
+
+def users_in(partition: int, count: int) -> list[str]:
+    """User ids whose stored id lands in `partition`."""
+    found, i = [], 0
+    while len(found) < count:
+        user = f"user-{i}"
+        if partition_for_user(SCRUBBER.scrub_user(user), PARTITIONS) == partition:
+            found.append(user)
+        i += 1
+    return found
+
+
+def action(event_id: str, user: str, start: int, **fields) -> bytes:
+    values = dict(event_id=event_id, app="amundsen", user=user, command="_get_table_metadata", schema_version=1,
+                  start_epoch_ms=start, end_epoch_ms=start + 40,
+                  keyword_args_json=json.dumps({"table_key": "hive://gold.orders", "index": "1",
+                                                "source": "search_results"}))
+    return UserAction(**{**values, **fields}).SerializeToString()
+
+
+def run(messages: list[bytes], state: PartitionState | None = None, partition: int = 0):
+    state = state or PartitionState(PartitionActivity(lateness_days=3))
+    batch = [(raw, Source("user-actions", partition, offset)) for offset, raw in enumerate(messages)]
+    return process_batch(batch, state, STAGES, {}, now_ms=NOW), state
+
+
+def test_every_message_ends_in_exactly_one_outcome():
+    ann, bob = users_in(0, 2)
+    elsewhere = users_in(1, 1)[0]
+    messages = [action("e1", ann, NOW - 5000), action("e2", bob, NOW - 4000),
+                action("e1", ann, NOW - 5000),                                   # a duplicate send
+                b"\x08garbage",                                                  # undecodable
+                action("e3", ann, NOW - 3000, keyword_args_json='{"password": "hunter2", "x": "'),  # bad JSON
+                action("e4", elsewhere, NOW - 2000)]                             # keyed to the wrong partition
+    result, _ = run(messages)
+    counts = result.counts
+    assert (counts.delivered, counts.duplicates, counts.dead_lettered, counts.rerouted) == (2, 1, 2, 1)
+    assert counts.consumed == len(messages)
+    assert counts.dead_letters_by_reason == {"undecodable": 1, "invalid_json": 1}
+    assert [r["event_id"] for r in result.rows] == ["e1", "e2"]
+    key, value, target = result.reroutes[0]
+    assert (key, target) == (SCRUBBER.scrub_user(elsewhere).encode(), 1) and value == messages[5]
+
+
+def test_dead_letters_never_carry_the_secret():
+    result, _ = run([action("e3", "ann", NOW, keyword_args_json='{"password": "hunter2", "x": "')])
+    letter: DeadLetter = result.dead_letters[0]
+    assert letter.reason == "invalid_json" and letter.source_offset == 0
+    assert b"hunter2" not in letter.SerializeToString()
+    assert letter.scrubbed_payload and len(letter.payload_sha256) == 64
+
+
+def test_rows_are_enriched_scrubbed_and_counted():
+    (ann,) = users_in(0, 1)
+    email_user = next(u for u in (f"p{i}@example.com" for i in range(500))
+                      if partition_for_user(SCRUBBER.scrub_user(u), PARTITIONS) == 0)
+    result, _ = run([action("e1", ann, NOW - 1000), action("e2", email_user, NOW - 500)])
+    first, second = result.rows
+    assert (first["event_name"], first["resource_key"], first["result_index"], first["source"], first["target_type"]) \
+        == ("Get Table Metadata", "hive://gold.orders", 1, "search_results", "table")
+    assert second["user"].startswith("u_") and "user:hmac:email" in second["scrubbed_fields"]
+    assert result.metric_counts[("dau", "amundsen", NOW // DAY_MS + 719163)] == 2
+    assert set(result.user_days) == {("amundsen", ann), ("*", ann), ("amundsen", second["user"]), ("*", second["user"])}
+
+
+def test_a_user_gaining_no_new_day_writes_no_state():
+    (ann,) = users_in(0, 1)
+    result, state = run([action("e1", ann, NOW - 1000)])
+    assert result.user_days
+    again, _ = run([action("e2", ann, NOW - 500)], state)
+    assert again.user_days == {} and again.metric_counts == {}
+
+
+@pytest.mark.parametrize("start,reason", [(NOW - 2 * DAY_MS, None), (NOW - 4 * DAY_MS, "too_late")])
+def test_lateness_is_judged_against_the_partitions_own_progress(start, reason):
+    (ann,) = users_in(0, 1)
+    _, state = run([action("e1", ann, NOW)])
+    result, _ = run([action("late", ann, start)], state)
+    assert (result.dead_letters[0].reason if result.dead_letters else None) == reason
+
+
+def test_the_same_input_gives_the_same_output():
+    users = users_in(0, 3)
+    messages = [action(f"e{i}", users[i % 3], NOW - 10_000 + i) for i in range(30)]
+    first, _ = run(messages)
+    second, _ = run(messages)
+    assert first.rows == second.rows and first.metric_counts == second.metric_counts
