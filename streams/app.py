@@ -78,12 +78,11 @@ class Pipeline:
         self.settings = settings
         self.counts = BatchCounts()
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
-        self.writer = ClickHouseWriter(clickhouse.connect(settings.clickhouse_dsn))
-        clickhouse.migrate(self.writer.client)
+        self.retry = RetryPolicy()
+        self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry))
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))
-        self.retry = RetryPolicy()
         self.partition_states: dict[int, PartitionState] = {}
         self.pending_metrics: dict[str, dict] = {}
         self.partition_watermarks: dict[str, int] = {}  # input partition -> newest event time, for alerts

@@ -6,9 +6,10 @@ directory at a time); `http(s)://host:8123/db` talks to a server.
 from __future__ import annotations
 
 import logging
-import re
-from importlib import resources
 import os
+import re
+import time
+from importlib import resources
 from urllib.parse import parse_qs, urlparse
 
 import clickhouse_connect
@@ -92,3 +93,37 @@ def migrate(client) -> list[int]:
         log.info("applied migration %03d_%s", version, name)
         done.append(version)
     return done
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for logs."""
+    url = urlparse(dsn)
+    return dsn.replace(f":{url.password}@", ":***@") if url.password else dsn
+
+
+def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
+    """Connect and migrate, waiting for a server that is down (with backoff, logged) rather than
+    failing the worker. An embedded data directory owned by another process fails at once: waiting
+    would not help, and the message says what to do."""
+    backoff = policy.initial_backoff_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            client = connect(dsn)
+            migrate(client)
+            if attempt > 1:
+                log.warning("ClickHouse at %s is reachable again after %d attempts", redact(dsn), attempt)
+            return client
+        except Exception as exc:
+            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if dsn.startswith("chdb:"):
+                raise RuntimeError(f"cannot open the embedded ClickHouse at {urlparse(dsn).path}: {message}. "
+                                   f"Is another process (a running worker?) using it? Only one process can "
+                                   f"own the directory: stop it, or query through its endpoint") from exc
+            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+                raise
+            log.error("ClickHouse at %s is not reachable (attempt %d): %s; retrying in %.1fs",
+                      redact(dsn), attempt, message, backoff)
+            sleep(backoff)
+            backoff = min(backoff * 2, policy.max_backoff_s)

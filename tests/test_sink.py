@@ -73,3 +73,31 @@ def test_a_retried_batch_is_stored_once_and_a_redelivered_event_collapses(ch):
     writer.insert("user_actions", batch[50:], USER_ACTION_COLUMNS, "user-actions:0@50-120")
     assert ch.query("SELECT count() FROM user_actions FINAL").result_rows == [(100,)]
     assert writer.stats.inserts == 3 and writer.stats.max_batch_rows == 100
+
+
+def test_a_clickhouse_server_that_is_down_is_waited_for_not_fatal():
+    from streams.clickhouse import connect_and_migrate
+    from conftest import free_port
+    sleeps = []
+    with pytest.raises(Exception):
+        connect_and_migrate(f"http://tally:secret@127.0.0.1:{free_port()}/tally",
+                            RetryPolicy(initial_backoff_s=0.1, max_backoff_s=0.4, max_attempts=4), sleep=sleeps.append)
+    assert sleeps == [0.1, 0.2, 0.4]  # it retried, backing off, until told to stop
+
+
+@pytest.mark.clickhouse
+def test_an_embedded_directory_owned_by_another_process_says_so(tmp_path):
+    import subprocess
+    import sys
+    from streams.clickhouse import connect_and_migrate
+    owner = subprocess.Popen([sys.executable, "-c", "import sys, clickhouse_connect; "
+                              f"c = clickhouse_connect.get_client(dsn='chdb://{tmp_path}'); c.command('SELECT 1'); "
+                              "print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "ready"
+        with pytest.raises(RuntimeError, match="Is another process .* using it"):
+            connect_and_migrate(f"chdb://{tmp_path}", RetryPolicy(max_attempts=1))
+    finally:
+        owner.stdin.close()
+        owner.wait()
