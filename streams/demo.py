@@ -136,6 +136,7 @@ def run_demo(args) -> int:
         interrupted = True
         print("\ninterrupted: stopping ...")
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave Kafka running
         stop(generator)
         stop(worker)
         if broker is not None:
