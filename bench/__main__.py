@@ -33,10 +33,11 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     say(f"generating {plan.events:,} events ...")
     traffic = load.generate(max(plan.events, plan.naive_events))
     say(f"pre-loading them into {prefix}user-actions ...")
-    topics = asyncio.run(harness.load_input(bootstrap, prefix, traffic, plan.partitions))
+    topics = asyncio.run(harness.load_input(bootstrap, prefix, traffic, plan.partitions, plan.envelope))
 
     say("ceiling: bare aiokafka consumer + decode ...")
-    ceiling = asyncio.run(harness.run_ceiling(bootstrap, topics.user_actions, plan.events, f"{prefix}ceiling"))
+    ceiling = asyncio.run(harness.run_ceiling(bootstrap, topics.user_actions, plan.events, f"{prefix}ceiling",
+                                              max_records=max(1, 1_000 // plan.envelope)))  # ~1k events a fetch
     say(f"    {ceiling['events_per_s']:,} events/s")
 
     say("tally: full pipeline, one worker ...")
@@ -77,7 +78,8 @@ def plan_from_args(args: argparse.Namespace):
     plan = RunPlan.quick() if args.quick else RunPlan()
     changes = {name: value for name, value in (
         ("events", args.events), ("naive_events", args.naive_events), ("latency_rate", args.latency_rate),
-        ("latency_seconds", args.latency_seconds), ("batch_size", args.batch_size)) if value is not None}
+        ("latency_seconds", args.latency_seconds), ("batch_size", args.batch_size),
+        ("envelope", args.envelope)) if value is not None}
     plan = dataclasses.replace(plan, **changes)
     if plan.events < 100 or plan.naive_events < 100:
         raise SystemExit("--events and --naive-events must be at least 100 (10% of a run is warm-up)")
@@ -125,6 +127,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-rate", type=float, help="events/s offered in the latency run (default 5000)")
     parser.add_argument("--latency-seconds", type=float, help="length of the latency run (default 30)")
     parser.add_argument("--batch-size", type=int, help="the worker's --batch-size (rows per insert)")
+    parser.add_argument("--envelope", type=int,
+                        help="actions per Kafka message in the throughput runs (UserActionBatch when > 1; default 1)")
     parser.add_argument("--output", help="JSON file to write (default bench/results/bench-<UTC time>.json)")
     parser.add_argument("--work-dir", help="keep data dirs and logs here (default: a temp dir, removed)")
     parser.add_argument("--profile", metavar="DIR",

@@ -11,6 +11,7 @@ data directories. The harness only observes: /stats/ and /query/ over HTTP, CPU 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import subprocess
@@ -48,6 +49,7 @@ class RunPlan:
     latency_seconds: float = 30.0
     partitions: int = 4
     batch_size: int | None = None   # the worker's --batch-size; None = its default
+    envelope: int = 1               # actions per Kafka message (UserActionBatch envelopes when > 1)
 
     @classmethod
     def quick(cls) -> "RunPlan":
@@ -65,21 +67,27 @@ async def create_pipeline_topics(bootstrap: str, prefix: str, partitions: int) -
     return settings.topics
 
 
-async def load_input(bootstrap: str, prefix: str, traffic: Traffic, partitions: int) -> Topics:
+async def load_input(bootstrap: str, prefix: str, traffic: Traffic, partitions: int, envelope: int = 1) -> Topics:
     """Topics for `prefix`, every profile, then every action, all acknowledged before anything is measured."""
     topics = await create_pipeline_topics(bootstrap, prefix, partitions)
     await preload(bootstrap, topics.user_profiles, traffic.profiles, partitions)
-    await preload(bootstrap, topics.user_actions, traffic.messages, partitions)
+    await preload(bootstrap, topics.user_actions, traffic.messages, partitions, envelope)
     return topics
 
 
 # ---- 1. ceiling -------------------------------------------------------------------------------
 
-async def run_ceiling(bootstrap: str, topic: str, events: int, group: str) -> dict:
-    """A bare aiokafka consumer: fetch, decode each message into a UserAction, nothing else."""
-    from aiokafka import AIOKafkaConsumer
+def decode_actions(value: bytes, headers) -> list:
+    """The UserActions in one Kafka message: itself, or its envelope's."""
+    from streams.contract import UserAction, UserActionBatch, is_envelope
+    if is_envelope(headers):
+        return list(UserActionBatch.FromString(value).actions)
+    return [UserAction.FromString(value)]
 
-    from streams.contract import UserAction
+
+async def run_ceiling(bootstrap: str, topic: str, events: int, group: str, max_records: int = 1_000) -> dict:
+    """A bare aiokafka consumer: fetch, decode each message into UserActions, nothing else."""
+    from aiokafka import AIOKafkaConsumer
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
@@ -87,11 +95,10 @@ async def run_ceiling(bootstrap: str, topic: str, events: int, group: str) -> di
     decoded = 0
     try:
         while decoded < events:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=1_000)
+            batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
             for records in batches.values():
                 for record in records:
-                    UserAction.FromString(record.value)
-                decoded += len(records)
+                    decoded += len(decode_actions(record.value, record.headers))
             samples.append(Progress(time.monotonic(), decoded, time.process_time(), 0.0))
     finally:
         await consumer.stop()
@@ -145,6 +152,8 @@ class Worker:
         self.extra = ["--partitions", str(plan.partitions)]
         if plan.batch_size:
             self.extra += ["--batch-size", str(plan.batch_size)]
+        if plan.envelope > 1:
+            self.extra += ["--envelope-size", str(plan.envelope)]
         self.process: subprocess.Popen | None = None
 
     @property
@@ -285,7 +294,8 @@ def run_latency(bootstrap: str, prefix: str, traffic: Traffic, work_dir: Path, a
     messages = (traffic.messages * (needed // len(traffic.messages) + 1))[:needed]
     topics = asyncio.run(create_pipeline_topics(bootstrap, prefix, plan.partitions))
     asyncio.run(preload(bootstrap, topics.user_profiles, traffic.profiles, plan.partitions))
-    worker = Worker(work_dir, bootstrap, prefix, app_id, plan).start()
+    # the steady load is single messages, as a live tool sends them one by one
+    worker = Worker(work_dir, bootstrap, prefix, app_id, dataclasses.replace(plan, envelope=1)).start()
     try:
         asyncio.run(send_steady(bootstrap, topics.user_actions, messages[:LATENCY_PRIMER], plan.latency_rate, restamp))
         watch(worker, LATENCY_PRIMER, timeout_s=300)

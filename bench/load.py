@@ -49,7 +49,7 @@ def generate(events: int, seed: int = SEED, users: int = USERS, today: dt.date |
     today = today or dt.datetime.now(dt.timezone.utc).date()
     start = today - dt.timedelta(days=DAYS)
     key = stored_user_key()
-    actions = generate_actions(seed, start, DAYS, users, events_per_weekday(events))
+    actions = generate_actions(seed, start, DAYS, users, events_per_weekday(events) + 1)  # +1: rounding never falls short
     messages = [(key(a.user, a.app), a.SerializeToString()) for a in itertools.islice(actions, events)]
     if len(messages) < events:
         raise ValueError(f"generator gave {len(messages)} events, wanted {events}")
@@ -66,21 +66,39 @@ def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[i
     return grouped
 
 
-async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int) -> int:
-    """Write every message into `topic` (keyed partitioning, like the SDK), in large batches; returns acked."""
+def envelopes(values: list[tuple[bytes, bytes]], size: int) -> list[tuple[bytes, bytes]]:
+    """One partition's messages packed `size` at a time into UserActionBatch envelopes."""
+    from streams.contract import UserAction, UserActionBatch
+    packed = []
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        batch = UserActionBatch(actions=[UserAction.FromString(value) for _, value in chunk])
+        packed.append((chunk[0][0], batch.SerializeToString()))
+    return packed
+
+
+async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int,
+                  envelope: int = 1) -> int:
+    """Write every message into `topic` (keyed partitioning, like the SDK), in large batches; with
+    `envelope` > 1, that many actions per UserActionBatch message. Returns the messages acked."""
     from aiokafka import AIOKafkaProducer
+
+    from streams.contract import ENVELOPE_HEADER
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024,
                                 max_request_size=4 * 1024 * 1024)
+    headers = [ENVELOPE_HEADER] if envelope > 1 else None
     await producer.start()
     try:
         pending = []
         for partition, values in sorted(by_partition(messages, partitions).items()):
+            if envelope > 1:
+                values = envelopes(values, envelope)
             batch = producer.create_batch()
             for key, value in values:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
             pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
     finally:

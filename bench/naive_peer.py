@@ -20,7 +20,7 @@ from pathlib import Path
 import faust
 
 from streams import clickhouse
-from streams.contract import UserAction
+from bench.harness import decode_actions
 
 COLUMNS = ["event_id", "app", "command", "user", "ts", "duration_ms", "properties"]
 CREATE_TABLE = """
@@ -58,23 +58,22 @@ def build_app(args: argparse.Namespace) -> faust.App:
             # batches of at most 20k, like the worker, but at least ~20 of them so the warm-up mark lands
             async for events in stream.take_events(max(100, min(20_000, args.events // 20)), within=1.0):
                 for event in events:
-                    UserAction.FromString(event.message.value)
-                count += len(events)
-                mark(count)
+                    count += len(decode_actions(event.message.value, event.message.headers))
+                    mark(count)
         return app
 
     @app.agent(topic)
     async def store_each(stream):
         count = 0
         try:
-            async for value in stream:
-                action = UserAction.FromString(value)
-                ts = dt.datetime.fromtimestamp(action.start_epoch_ms / 1000, dt.timezone.utc)
-                client.insert("naive_actions", [[action.event_id, action.app, action.command, action.user, ts,
-                                                 action.end_epoch_ms - action.start_epoch_ms,
-                                                 dict(action.properties)]], column_names=COLUMNS)
-                count += 1
-                mark(count)
+            async for event in stream.events():
+                for action in decode_actions(event.message.value, event.message.headers):
+                    ts = dt.datetime.fromtimestamp(action.start_epoch_ms / 1000, dt.timezone.utc)
+                    client.insert("naive_actions", [[action.event_id, action.app, action.command, action.user, ts,
+                                                     action.end_epoch_ms - action.start_epoch_ms,
+                                                     dict(action.properties)]], column_names=COLUMNS)
+                    count += 1
+                    mark(count)
         except Exception as exc:  # a crashed agent leaves the worker running: tell the harness
             Path(args.result).write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
             raise

@@ -30,7 +30,7 @@ from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import load_mapping
 from .outcome import BatchCounts, Source
-from .pipeline import PartitionState, Stages, partition_for_user, process_batch
+from .pipeline import PartitionState, Stages, partition_for_user, process_batch, unpack
 from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, write_with_retry)
@@ -45,7 +45,6 @@ WATERMARK_KEY = "~watermark"
 @dataclass
 class PreparedBatch:
     """A batch that went through the stages and waits to be made durable."""
-    events: list
     offsets: dict[int, tuple[int, int]]  # partition -> (first, last) offset
     rows: list[dict] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
@@ -101,10 +100,10 @@ class Pipeline:
             topic_partitions=s.partitions,
             topic_replication_factor=1,
             consumer_auto_offset_reset="earliest",
-            stream_buffer_maxsize=max(4096, s.sink_batch_size * 2),
-            broker_max_poll_records=max(500, s.sink_batch_size // 2),  # fewer hops to the consumer thread
+            stream_buffer_maxsize=max(4096, s.batch_messages * 2),
+            broker_max_poll_records=max(500, s.batch_messages // 2),  # fewer hops to the consumer thread
             consumer_max_fetch_size=16 * 1024 * 1024,
-            broker_commit_every=max(1000, s.sink_batch_size),
+            broker_commit_every=max(1000, s.batch_messages),
             broker_commit_interval=1.0,
             producer_linger_ms=5,
             producer_max_request_size=4 * 1024 * 1024,
@@ -180,36 +179,34 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Batches of the input, pipelined one deep: while batch N is being made durable (insert in a
-        thread, sends awaited), batch N+1 runs through the stages. Events are acked by hand, only
-        once their batch is durable, so offsets never pass rows ClickHouse doesn't have."""
+        """Batches of the input: the stages, then the durable writes, all inside the loop body, since
+        `take_events` acks a batch as soon as the body returns: offsets never pass rows ClickHouse
+        doesn't have."""
         s = self.settings
-        stream = stream.noack()
-        durable: asyncio.Task | None = None
-        try:
-            async for events in stream.take_events(s.sink_batch_size, within=s.sink_batch_seconds):
-                batch = self.run_stages(events)
-                if durable is not None:
-                    await durable  # at most one batch in flight; partials stay in order
-                durable = asyncio.ensure_future(self.make_durable(batch, stream))
-        finally:
-            if durable is not None:
-                await durable
+        async for events in stream.take_events(s.batch_messages, within=s.sink_batch_seconds):
+            await self.make_durable(self.run_stages(events))
 
     def run_stages(self, events) -> "PreparedBatch":
         """The CPU part of a batch: every partition's messages through `process_batch`, state
         changes written to the tables (their changelog sends are collected, not awaited)."""
         by_partition: dict[int, list] = defaultdict(list)
         offsets: dict[int, tuple[int, int]] = {}
+        batch = PreparedBatch(offsets=offsets)
+        now_ms = int(time.time() * 1000)
         for event in events:
             message = event.message
-            by_partition[message.partition].append(
-                (message.value, Source(message.topic, message.partition, message.offset, message.key,
-                                       int((message.timestamp or 0) * 1000))))
+            source = Source(message.topic, message.partition, message.offset, message.key,
+                            int((message.timestamp or 0) * 1000))
+            items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
+            by_partition[message.partition].extend(items)
+            if bad_envelope is not None:
+                batch.letters.append(bad_envelope)
+                batch.counts.dead_lettered += 1
+                reasons = batch.counts.dead_letters_by_reason
+                reasons[bad_envelope.reason] = reasons.get(bad_envelope.reason, 0) + 1
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
 
-        batch = PreparedBatch(events=events, offsets=offsets)
         # one message with every partition's changed counts and progress: the totals agent applies
         # all the counts before it moves the watermark, so no day is judged on half its values
         partial = batch.partial
@@ -234,8 +231,9 @@ class Pipeline:
                                                     "newest_event_ms": result.newest_event_ms}
         return batch
 
-    async def make_durable(self, batch: "PreparedBatch", stream) -> None:
-        """The I/O part: rows and dead letters into ClickHouse, messages out, then the acks."""
+    async def make_durable(self, batch: "PreparedBatch") -> None:
+        """The I/O part: rows and dead letters into ClickHouse, then every message out and acknowledged
+        by the broker (the batch's offsets are acked by Faust when the agent's loop body returns)."""
         sends = batch.sends
         for key, value, target in batch.reroutes:
             sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
@@ -254,8 +252,6 @@ class Pipeline:
         if batch.partial["partitions"]:
             sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(batch.partial).encode()))
         await asyncio.gather(*sends)
-        for event in batch.events:
-            await stream.ack(event)
         self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in batch.offsets.items():
             self.consumed_offsets[partition] = high

@@ -18,12 +18,13 @@ import json
 import math
 import random
 import sys
+import time
 import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
-from .contract import SCHEMA_VERSION, UserAction, UserProfile
+from .contract import SCHEMA_VERSION, UserAction, UserActionBatch, UserProfile
 
 APPS = ("amundsen", "code-search", "bi")
 DAY_MS = 86_400_000
@@ -359,16 +360,74 @@ def ground_truth(actions: Iterable[UserAction], with_users: bool = False) -> dic
 # --- Publishing ------------------------------------------------------------------------------------
 
 async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserAction], rate: float = 0.0,
-                          profiles: Iterable[UserProfile] = (), profiles_topic: str | None = None) -> tuple[int, int]:
+                          profiles: Iterable[UserProfile] = (), profiles_topic: str | None = None,
+                          envelope: int = 1) -> tuple[int, int]:
     """Profiles first (keyed by user, to the compacted topic), then actions keyed by user at `rate`/s
-    (0 = as fast as acks allow). Returns (acknowledged, failed) actions."""
+    (0 = as fast as acks allow), one per message or `envelope` per UserActionBatch message.
+    Returns (acknowledged, failed) actions."""
     from .producer import send_with_acks
     key = partition_key()
     if profiles_topic:
         await send_with_acks(bootstrap, profiles_topic,
                              ((key(p.user), p.SerializeToString(), None) for p in profiles))
+    if envelope > 1:
+        return await publish_envelopes(bootstrap, topic, actions, key, envelope, rate)
     return await send_with_acks(bootstrap, topic, ((key(a.user), a.SerializeToString(), None) for a in actions),
                                 rate=rate)
+
+
+async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAction], key, size: int,
+                            rate: float = 0.0) -> tuple[int, int]:
+    """Actions packed per partition into UserActionBatch messages of up to `size` (a partial one is
+    sent after 100 ms), each written to the partition its users' stored ids hash to."""
+    from aiokafka import AIOKafkaProducer
+
+    from .contract import ENVELOPE_HEADER
+    from .pipeline import partition_for_user
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10,
+                                max_request_size=4 * 1024 * 1024, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        partitions = len(await producer.partitions_for(topic))
+        pending: dict[int, UserActionBatch] = {}
+        opened: dict[int, float] = {}
+        futures: list[tuple[int, asyncio.Future]] = []
+        started = time.monotonic()
+
+        async def send(partition: int) -> None:
+            batch = pending.pop(partition)
+            opened.pop(partition, None)
+            futures.append((len(batch.actions), await producer.send(
+                topic, batch.SerializeToString(), key=batch.actions[0].user.encode(), partition=partition,
+                headers=[ENVELOPE_HEADER])))
+
+        sent = 0
+        for action in actions:
+            partition = partition_for_user(key(action.user).decode(), partitions)
+            batch = pending.setdefault(partition, UserActionBatch())
+            opened.setdefault(partition, time.monotonic())
+            batch.actions.append(action)
+            sent += 1
+            if len(batch.actions) >= size:
+                await send(partition)
+            if rate > 0 and sent % 64 == 0:
+                for stale in [p for p, t in opened.items() if time.monotonic() - t > 0.1]:
+                    await send(stale)
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        for partition in list(pending):
+            await send(partition)
+        acked = failed = 0
+        for count, future in futures:
+            try:
+                await future
+                acked += count
+            except Exception:
+                failed += count
+        return acked, failed
+    finally:
+        await producer.stop()
 
 
 def partition_key():
@@ -398,6 +457,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--events-per-day", type=int, default=2000, help="events on a weekday; weekends get 1/5")
     parser.add_argument("--apps", default=",".join(APPS), help=f"comma-separated, from {','.join(APPS)}")
     parser.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible")
+    parser.add_argument("--envelope", type=int, default=1,
+                        help="actions per Kafka message (UserActionBatch envelopes when > 1; default 1)")
     parser.add_argument("--topic", help="default: the user-actions topic")
     parser.add_argument("--profiles-topic", help="default: the user-profiles topic; '' to skip profiles")
     parser.add_argument("--truth", metavar="FILE", help="write the ground truth (per-day distinct users, ...) as JSON")
@@ -433,7 +494,7 @@ def _cli_generate(args: argparse.Namespace) -> int:
         profiles_topic = settings.topics.user_profiles if args.profiles_topic is None else args.profiles_topic
         profiles = generate_profiles(args.seed, args.users, int(datetime.now(timezone.utc).timestamp() * 1000))
         acked, failed = asyncio.run(publish_traffic(settings.bootstrap, topic, actions, args.rate, profiles,
-                                                    profiles_topic or None))
+                                                    profiles_topic or None, args.envelope))
         summary = f"published {acked} events to {topic} ({failed} failed)" + (
             f" and {len(profiles)} profiles to {profiles_topic}" if profiles_topic else "")
     if args.truth:

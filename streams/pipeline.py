@@ -16,7 +16,7 @@ from aiokafka.partitioner import murmur2
 
 from . import enrich, validate
 from .active_users import ALL_APPS, MetricKey, PartitionActivity, day_ordinal
-from .contract import DeadLetter, UserAction
+from .contract import DeadLetter, UserAction, is_envelope
 from .outcome import BatchCounts, Rejected, Source
 from .validate import Limits
 
@@ -59,6 +59,18 @@ class BatchResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
 
 
+def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_ms: int
+           ) -> tuple[list[tuple[bytes | UserAction | None, Source]], DeadLetter | None]:
+    """One Kafka message as the items `process_batch` takes: itself, or the actions of its envelope.
+    An unreadable envelope becomes one dead letter."""
+    if not is_envelope(headers):
+        return [(value, source)], None
+    try:
+        return [(action, source) for action in validate.unpack_envelope(value, stages.limits)], None
+    except Rejected as rejected:
+        return [], dead_letter(rejected, value, source, None, stages.scrubber, now_ms)
+
+
 @dataclass(frozen=True)
 class Stages:
     """The configured stages: limits, property mapping, scrubber, input partition count."""
@@ -68,10 +80,10 @@ class Stages:
     partitions: int
 
 
-def dead_letter(rejected: Rejected, raw: bytes | None, source: Source, action: UserAction | None,
+def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Source, action: UserAction | None,
                 scrubber, now_ms: int) -> DeadLetter:
     """A dead letter that carries the scrubbed message, or only its size and hash when unparseable."""
-    raw = raw or b""
+    raw = raw.SerializeToString() if isinstance(raw, UserAction) else raw or b""
     letter = DeadLetter(reason=rejected.reason, detail=rejected.detail[:2000], source_topic=source.topic,
                         source_partition=source.partition, source_offset=source.offset,
                         received_epoch_ms=now_ms, payload_size=len(raw),
@@ -83,9 +95,10 @@ def dead_letter(rejected: Rejected, raw: bytes | None, source: Source, action: U
     return letter
 
 
-def process_batch(messages: list[tuple[bytes | None, Source]], state: PartitionState, stages: Stages,
+def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
                   profiles, now_ms: int | None = None) -> BatchResult:
-    """Run one partition's batch through every stage. `profiles` maps (scrubbed) user -> profile dict."""
+    """Run one partition's batch through every stage. Each message is raw bytes, or an action already
+    unpacked from an envelope. `profiles` maps (scrubbed) user -> profile dict."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = BatchResult()
     counts = result.counts
@@ -107,7 +120,8 @@ def process_batch(messages: list[tuple[bytes | None, Source]], state: PartitionS
         stored_user = stages.scrubber.scrub_user(action.user, action.app)
         expected_partition = partition_for_user(stored_user, stages.partitions)
         if source.partition != expected_partition:
-            result.reroutes.append((stored_user.encode(), raw, expected_partition))
+            value = action.SerializeToString() if isinstance(raw, UserAction) else raw
+            result.reroutes.append((stored_user.encode(), value, expected_partition))
             counts.rerouted += 1
             continue
         if state.seen(action.event_id):

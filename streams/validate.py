@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from .contract import SCHEMA_VERSION, UserAction
+from .contract import SCHEMA_VERSION, UserAction, UserActionBatch
 from .outcome import (END_BEFORE_START, FUTURE_TIMESTAMP, IMPLAUSIBLE_TIMESTAMP, INVALID_FIELD, INVALID_JSON,
                       INVALID_UTF8, MISSING_FIELD, OVERSIZED, TOO_LATE, UNDECODABLE, UNSUPPORTED_SCHEMA,
                       Rejected)
@@ -36,8 +36,13 @@ class Limits:
                    max_future_ms=settings.max_future_ms)
 
 
-def decode(raw: bytes | None, limits: Limits) -> UserAction:
-    """Parse the Protobuf bytes; size and UTF-8 problems are rejected before anything else."""
+def decode(raw: bytes | UserAction | None, limits: Limits) -> UserAction:
+    """Parse the Protobuf bytes; size and UTF-8 problems are rejected before anything else.
+    An action that came out of an envelope is already parsed: only its size is checked."""
+    if isinstance(raw, UserAction):
+        if raw.ByteSize() > limits.max_message_bytes:
+            raise Rejected(OVERSIZED, f"action is {raw.ByteSize()} bytes, limit {limits.max_message_bytes}")
+        return raw
     if raw is None:
         raise Rejected(UNDECODABLE, "empty message (tombstone)")
     if len(raw) > limits.max_message_bytes:
@@ -50,6 +55,19 @@ def decode(raw: bytes | None, limits: Limits) -> UserAction:
         reason = INVALID_UTF8 if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else UNDECODABLE
         raise Rejected(reason, f"not a tally.v1.UserAction: {exc}") from None
     return action
+
+
+def unpack_envelope(raw: bytes | None, limits: Limits) -> list[UserAction]:
+    """The actions of a UserActionBatch message; `Rejected` when the envelope itself is unreadable."""
+    if raw is None:
+        raise Rejected(UNDECODABLE, "empty envelope")
+    envelope = UserActionBatch()
+    try:
+        envelope.ParseFromString(raw)
+    except DecodeError as exc:
+        reason = INVALID_UTF8 if "utf-8" in str(exc).lower() else UNDECODABLE
+        raise Rejected(reason, f"not a tally.v1.UserActionBatch: {exc}") from None
+    return list(envelope.actions)
 
 
 _TEXT_FIELDS = ("pos_args_json", "keyword_args_json", "output", "error", "label", "value", "location",

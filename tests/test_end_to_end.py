@@ -161,3 +161,33 @@ def test_profiles_join_onto_later_events_and_live_windows_match_clickhouse(pipel
                           "--topic-prefix", pipeline_env.prefix, "--data-dir", str(tmp_path / "w1"),
                           "--last", "0", "--json"], capture_output=True, text=True, check=True).stdout
     assert {(r["metric"], r["app"], r["day"]): r["value"] for r in json.loads(out)} == expected_metrics(actions)
+
+
+def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
+    from streams.contract import ENVELOPE_HEADER
+    from streams.generator import generate_actions, publish_traffic
+    actions = list(generate_actions(seed=8, start_day=dt.date(2026, 8, 3), days=10, users=150, events_per_day=600))
+    acked, failed = asyncio.run(publish_traffic(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions,
+                                                envelope=250))
+    assert (acked, failed) == (len(actions), 0)
+
+    async def bad_envelope():
+        from aiokafka import AIOKafkaProducer
+        producer = AIOKafkaProducer(bootstrap_servers=pipeline_env.bootstrap)
+        await producer.start()
+        await producer.send_and_wait(pipeline_env.topics.user_actions, b"\xff\xff not an envelope", key=b"x",
+                                     headers=[ENVELOPE_HEADER])
+        await producer.stop()
+    asyncio.run(bad_envelope())
+
+    worker = pipeline_env.worker().start()
+    stats = worker.wait_consumed(len(actions) + 1)
+    assert (stats["delivered"], stats["dead_letters_by_reason"], stats["rerouted"]) == (len(actions), {"undecodable": 1}, 0)
+    assert worker.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL") == [[len(actions), len(actions)]]
+    stored_users = {u for (u,) in worker.query("SELECT DISTINCT user FROM user_actions")}
+    from streams.generator import partition_key
+    key = partition_key()
+    by_stored = [UserAction(app=a.app, user=key(a.user).decode(), start_epoch_ms=a.start_epoch_ms) for a in actions]
+    assert stored_users == {a.user for a in by_stored}
+    wait_for_metrics([worker], expected_metrics(by_stored))
+    worker.stop()

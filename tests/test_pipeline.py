@@ -104,3 +104,23 @@ def test_the_same_input_gives_the_same_output():
     first, _ = run(messages)
     second, _ = run(messages)
     assert first.rows == second.rows and first.metric_counts == second.metric_counts
+
+
+def test_envelopes_unpack_into_their_actions_and_a_bad_one_is_one_dead_letter():
+    from streams.contract import ENVELOPE_HEADER, UserActionBatch
+    from streams.pipeline import unpack
+    source = Source("user-actions", 0, 7)
+    actions = [UserAction.FromString(action(f"e{i}", "ann", NOW - i)) for i in range(3)]
+    envelope = UserActionBatch(actions=actions).SerializeToString()
+    items, letter = unpack(envelope, [ENVELOPE_HEADER], source, STAGES, NOW)
+    assert [a.event_id for a, _ in items] == ["e0", "e1", "e2"] and letter is None
+    single = action("e9", "ann", NOW)
+    assert unpack(single, [], source, STAGES, NOW) == ([(single, source)], None)
+    items, letter = unpack(b"\xff\xff", [ENVELOPE_HEADER], source, STAGES, NOW)
+    assert items == [] and (letter.reason, letter.source_offset, letter.payload_size) == ("undecodable", 7, 2)
+    # actions from an envelope go through the stages like single messages
+    (ann,) = users_in(0, 1)
+    unpacked, _ = unpack(UserActionBatch(actions=[UserAction.FromString(action("x1", ann, NOW))]).SerializeToString(),
+                         [ENVELOPE_HEADER], source, STAGES, NOW)
+    result = process_batch(unpacked, PartitionState(PartitionActivity(3)), STAGES, {}, now_ms=NOW)
+    assert [r["event_id"] for r in result.rows] == ["x1"]

@@ -10,11 +10,23 @@ import time
 import uuid
 
 from .tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
-from .tally.v1.user_action_pb2 import UserAction, UserProfile
+from .tally.v1.user_action_pb2 import UserAction, UserActionBatch, UserProfile
 
 SCHEMA_VERSION = 1  # the newest UserAction schema this code understands
 
-__all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "UserProfile", "SCHEMA_VERSION", "new_event_id"]
+# The Kafka header that marks a message as a UserActionBatch envelope (see user_action.proto).
+ENVELOPE_HEADER = ("tally-message", b"tally.v1.UserActionBatch")
+
+__all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "UserActionBatch", "UserProfile", "ENVELOPE_HEADER",
+           "SCHEMA_VERSION", "is_envelope", "new_event_id"]
+
+
+def is_envelope(headers) -> bool:
+    """Whether Kafka message headers (a list of (key, value) pairs, or a dict) mark a UserActionBatch."""
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(key == ENVELOPE_HEADER[0] and bytes(value) == ENVELOPE_HEADER[1] for key, value in items)
 
 
 def new_event_id(epoch_ms: int | None = None) -> str:

@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -77,3 +77,9 @@ class UserProfile(_message.Message):
     ab_flags: _containers.ScalarMap[str, str]
     updated_epoch_ms: int
     def __init__(self, user: _Optional[str] = ..., email: _Optional[str] = ..., title: _Optional[str] = ..., team: _Optional[str] = ..., ab_flags: _Optional[_Mapping[str, str]] = ..., updated_epoch_ms: _Optional[int] = ...) -> None: ...
+
+class UserActionBatch(_message.Message):
+    __slots__ = ("actions",)
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[UserAction]
+    def __init__(self, actions: _Optional[_Iterable[_Union[UserAction, _Mapping]]] = ...) -> None: ...
