@@ -201,9 +201,7 @@ class Pipeline:
             by_partition[message.partition].extend(items)
             if bad_envelope is not None:
                 batch.letters.append(bad_envelope)
-                batch.counts.dead_lettered += 1
-                reasons = batch.counts.dead_letters_by_reason
-                reasons[bad_envelope.reason] = reasons.get(bad_envelope.reason, 0) + 1
+                batch.counts.count_dead_letter(bad_envelope.reason)
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
 

@@ -51,6 +51,10 @@ class BatchCounts:
     rerouted: int = 0  # keyed to the wrong partition; re-sent keyed by user
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
+    def count_dead_letter(self, reason: str) -> None:
+        self.dead_lettered += 1
+        self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + 1
+
     @property
     def consumed(self) -> int:
         return self.delivered + self.dead_lettered + self.duplicates + self.rerouted

@@ -112,8 +112,7 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
             pos_args = validate.parse_json_field(action, "pos_args_json", list)
         except Rejected as rejected:
             result.dead_letters.append(dead_letter(rejected, raw, source, action, stages.scrubber, now_ms))
-            counts.dead_lettered += 1
-            counts.dead_letters_by_reason[rejected.reason] = counts.dead_letters_by_reason.get(rejected.reason, 0) + 1
+            counts.count_dead_letter(rejected.reason)
             continue
         # Counts are summed over partitions, so a user must live in exactly one of them: the one
         # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
