@@ -83,6 +83,7 @@ class Pipeline:
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))
         self.partition_states: dict[int, PartitionState] = {}
+        self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
         self.pending_metrics: dict[str, dict] = {}
         self.partition_watermarks: dict[str, int] = {}  # input partition -> newest event time, for alerts
         self.pending_alerts: list[Alert] = []
@@ -156,6 +157,7 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.partition_states.pop(tp.partition, None)
+        self._profile_index = None  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
     def state_for(self, partition: int) -> PartitionState:
@@ -176,6 +178,13 @@ class Pipeline:
             state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
             self.partition_states[partition] = state
         return state
+
+    def profile_index(self) -> dict[str, dict]:
+        """Profiles by stored user id as a plain dict: the table's store decodes JSON on every read,
+        which the join would otherwise pay per event."""
+        if self._profile_index is None:
+            self._profile_index = dict(self.profiles.data.items())
+        return self._profile_index
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
@@ -210,7 +219,7 @@ class Pipeline:
         partial = batch.partial
         for partition, messages in by_partition.items():
             state = self.state_for(partition)
-            result = process_batch(messages, state, self.stages, self.profiles.data)
+            result = process_batch(messages, state, self.stages, self.profile_index())
             batch.rows.extend(result.rows)
             batch.letters.extend(result.dead_letters)
             batch.reroutes.extend(result.reroutes)
@@ -275,6 +284,7 @@ class Pipeline:
                 value = {"email": profile.email, "title": profile.title, "team": profile.team,
                          "ab_flags": dict(profile.ab_flags)}
                 sends.append(table_set(self.profiles, event.message.partition, profile.user, value))
+                self.profile_index()[profile.user] = value
                 rows.append({"user": profile.user, "updated_at": profile.updated_epoch_ms or int(time.time() * 1000),
                              **value})
             token = f"profiles:{events[0].message.partition}@{events[0].message.offset}:{len(events)}" if events else ""

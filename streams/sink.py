@@ -96,10 +96,6 @@ class ClickHouseWriter:
         self.stats.last_batch_rows = len(rows)
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))
 
-    def query(self, sql: str, parameters: dict | None = None):
-        with self.lock:
-            return self.client.query(sql, parameters=parameters)
-
 
 async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what: str,
                            sleep=asyncio.sleep, run=None) -> int:
