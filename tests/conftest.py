@@ -113,6 +113,14 @@ class WorkerProcess:
         path = self.data_dir / "worker.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
+    def problems(self, limit: int = 30) -> list[str]:
+        """The log's warning/error lines about the pipeline itself: what a failed test should show."""
+        path = self.data_dir / "worker.log"
+        if not path.exists():
+            return []
+        keep = ("[ERROR]", "[CRITICAL]", "Traceback", "rebalanc", "Revoking", "Setting newly assigned")
+        return [line[:300] for line in path.read_text(errors="replace").splitlines() if any(k in line for k in keep)][-limit:]
+
     def _call(self, path: str, body: dict | None = None):
         data = _json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.web + path, data=data, headers={"Content-Type": "application/json"})

@@ -90,7 +90,18 @@ def wait_for_metrics(workers, expected: dict, timeout: float = 120.0) -> None:
     except TimeoutError:
         differing = sorted((k, live.get(k), expected.get(k)) for k in set(live) | set(expected)
                            if live.get(k) != expected.get(k))
-        pytest.fail(f"{len(differing)} live metrics differ (key, live, expected): {differing[:12]}")
+        diagnosis = []
+        for worker in workers:
+            stats = worker.stats() if worker.process.poll() is None else {"exited": worker.process.returncode}
+            diagnosis.append(f"{worker.data_dir.name}: {_summary(stats)}\n  " + "\n  ".join(worker.problems()))
+        pytest.fail(f"{len(differing)} live metrics differ (key, live, expected): {differing[:12]}\n"
+                    + "\n".join(diagnosis))
+
+
+def _summary(stats: dict) -> dict:
+    keys = ("consumed", "delivered", "dead_lettered", "duplicates", "rerouted", "dead_letters_by_reason",
+            "consumer_lag", "exited")
+    return {k: stats[k] for k in keys if k in stats}
 
 
 def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_env):
