@@ -406,6 +406,8 @@ def _key_regex(pattern: str, wildcard: str) -> str:
 # What follows a key in text: a quote, `:`, `=`, whitespace or the end. Requiring it after a
 # pattern's last literal keeps `query_term` from waking the detailed pass for the rule `query`.
 _KEY_END = "(?:[^a-z0-9_.-]|$)"
+# And what comes before a key that starts with a literal: keeps `bigquery://` from matching `query`.
+_KEY_START = "(?:^|[^a-z0-9_.-])"
 
 
 def _key_hints(pattern: str) -> list[str]:
@@ -414,6 +416,8 @@ def _key_hints(pattern: str) -> list[str]:
     hints = [_key_regex(part, "") for part in parts if part]
     if hints and parts[-1]:  # the pattern ends in a literal, so the key ends there too
         hints[-1] += _KEY_END
+    if hints and parts[0]:  # ... and starts with one
+        hints[0] = _KEY_START + hints[0]
     return hints
 
 
@@ -441,8 +445,12 @@ class _Prefilter:
     def __init__(self, hints: Iterable[str]) -> None:
         unique = list(dict.fromkeys(hints))
         present = set(unique)  # "password" already covers "password" + _KEY_END
-        unique = [h for h in unique if not (h.endswith(_KEY_END) and h[:-len(_KEY_END)] in present)]
-        self.source = _first_char_trie(unique)
+        unique = [h for h in unique if not (h.endswith(_KEY_END) and h[:-len(_KEY_END)] in present)
+                  and not (h.startswith(_KEY_START) and h[len(_KEY_START):] in present)]
+        anywhere = [h for h in unique if not h.startswith(_KEY_START)]
+        key_starts = [h[len(_KEY_START):] for h in unique if h.startswith(_KEY_START)]
+        self.source = "|".join(filter(None, (
+            _first_char_trie(anywhere), key_starts and f"{_KEY_START}(?:{_first_char_trie(key_starts)})")))
         self.backend = "re"
         self.as_bytes = False
         self.first_hit = _stdlib_first_hit(re.compile(self.source))
@@ -675,8 +683,11 @@ class Scrubber:
         texts = [get(name) or "" for name in text_fields]
         user = get("user") or ""
         properties = get("properties")
+        properties_flagged = False
         if properties:
-            texts.append("\n".join(properties) + "\n" + "\n".join(properties.values()))
+            # keys come from a small vocabulary: decided once each (cached), only the values are searched
+            properties_flagged = any(self._key_decision(key, rules) is not None for key in properties)
+            texts.append("\n".join(properties.values()))
         # The fast path: one search over everything; a clean event stops here.
         prefilter = rules.prefilter
         lowered = "\n".join(texts).lower()
@@ -685,7 +696,9 @@ class Scrubber:
         prepared = lowered.encode("utf-8", "surrogatepass") if prefilter.as_bytes else lowered
         hit_at = prefilter.first_hit(prepared, 0)
         properties_index = len(text_fields)
-        hit_indexes = self._texts_hit(texts, lowered, prepared, hit_at, prefilter) if hit_at >= 0 else ()
+        hit_indexes = self._texts_hit(texts, lowered, prepared, hit_at, prefilter) if hit_at >= 0 else []
+        if properties_flagged and properties_index not in hit_indexes:
+            hit_indexes.append(properties_index)
         for index in hit_indexes:
             if index < properties_index:
                 name = text_fields[index]
@@ -731,11 +744,13 @@ class Scrubber:
             offset += len(text) + 1
         hit_indexes = []
         while hit_at >= 0:
+            if lowered[hit_at] == "\n":  # a key-start hint matched the separator before its text
+                hit_at += 1
             index = bisect.bisect_right(starts, hit_at) - 1
             hit_indexes.append(index)
             if index + 1 >= len(texts):
                 break
-            hit_at = prefilter.first_hit(prepared, starts[index + 1])
+            hit_at = prefilter.first_hit(prepared, starts[index + 1] - 1)  # from the separator: a key start
         return hit_indexes
 
     def _user_value(self, user: str, rules: _Rules) -> tuple[str, str | None]:

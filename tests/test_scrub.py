@@ -579,3 +579,41 @@ def test_scrubbing_is_idempotent(scrubber, document, seed, path):
     first = scrubber.scrub_row(row(keyword_args_json=json.dumps(plant(document, planted, path)), error=planted))
     before = json.dumps(first, sort_keys=True)
     assert json.dumps(scrubber.scrub_row(first), sort_keys=True) == before
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), fields=st.lists(st.sampled_from(TARGET_FIELDS[:-2]), min_size=2, max_size=4,
+                                                  unique=True), at_start=st.booleans())
+def test_fast_path_finds_secrets_in_several_fields_of_one_event(scrubber, seed, fields, at_start):
+    """The fast path's one search over all fields joined must find every field that needs the detailed
+    pass, including a secret key at the very start of a later field."""
+    rng = random.Random(seed)
+    values = {}
+    for field in fields:
+        text, _ = rng.choice(make_secrets(rng) + [(f"password={rand(rng, 12)}", None), (f"sql: select {rand(rng, 6)}", None)])
+        values[field] = text if at_start else f"note {text}"
+    event = row(**{f: v for f, v in values.items() if f != "properties"},
+                properties={"query": values["properties"]} if "properties" in values else {})
+    thorough = Scrubber(scrubber.policy)
+    for rules in [thorough._default_rules, *thorough._rules_by_app.values()]:
+        rules.prefilter.first_hit = lambda text, position: position if position < len(text) else -1
+    assert scrubber.scrub_row(json.loads(json.dumps(event))) == thorough.scrub_row(json.loads(json.dumps(event)))
+
+
+def test_a_key_at_the_start_of_a_later_field_is_found(tmp_path):
+    """The fast path searches all fields joined; a key rule's key that opens a later field must still be
+    seen when an earlier field also needs the detailed pass."""
+    scrubber = Scrubber(load_policy(policy_file(tmp_path, "key_rules: {pins: {action: mask, keys: [pin]}}"),
+                                    hmac_key=KEY))
+    scrubbed = scrubber.scrub_row(row(keyword_args_json='{"pin": "1234"}', output="pin: 5678"))
+    assert "1234" not in scrubbed["keyword_args_json"] and "5678" not in scrubbed["output"]
+
+
+def test_key_hints_match_whole_keys_only(scrubber):
+    """`bigquery://` is not the key `query`, and a kept property key does not wake the detailed pass;
+    the same words as keys still do."""
+    clean = row(app="code-search", properties={"query": "context:global http.Client", "warehouse": "bigquery"},
+                keyword_args_json='{"table_key": "bigquery://analytics.ops/orders"}')
+    assert scrubber.scrub_row(dict(clean))["scrubbed_fields"] == []
+    secret = scrubber.scrub_row(row(app="amundsen", error="retry failed", output="query: select * from orders"))
+    assert "select" not in secret["output"] and secret["error"] == "retry failed"
