@@ -34,6 +34,12 @@ def window_end(key: MetricKey) -> int:
     return day + 6 if metric == CALENDAR_WAU else day
 
 
+def window_start(key: MetricKey) -> int:
+    """The first day a metric key's window covers."""
+    metric, _, day = key
+    return day if metric == CALENDAR_WAU else day - WINDOWS[metric] + 1
+
+
 class PartitionActivity:
     """Active days of one partition's users and the distinct counts they imply."""
 
@@ -93,16 +99,17 @@ class PartitionActivity:
     def restore(self, user_days: Iterable[tuple[str, str, Iterable[int]]], watermark_day: int) -> None:
         """Rebuild from persisted (app, user, days) after a restart or a rebalance.
 
-        Persisted lists only hold the retained days, so counts for windows ending before the
-        lateness horizon would come out too low; those are final (no accepted event can change
-        them) and were published before, so they are left out. The rest stay dirty, to be
-        re-sent once: the worker may have died after persisting days but before sending counts."""
+        Persisted lists hold every day from `watermark_day - retention_days` on, so the count of
+        any window starting there or later comes out exact; older windows would come out too low
+        and are left out. The exact ones stay dirty, to be re-sent once: the worker may have died
+        after persisting days but before sending counts (the totals keep the highest count a
+        partition ever sent, so re-sending an unchanged one is harmless)."""
         for app, user, days in user_days:
             for day in sorted(set(days)):
                 self.add(app, user, day)
         self.advance(watermark_day)
-        horizon = watermark_day - self.lateness_days
-        for key in [k for k in self.counts if window_end(k) < horizon]:
+        oldest_exact = watermark_day - self.retention_days
+        for key in [k for k in self.counts if window_start(k) < oldest_exact]:
             del self.counts[key]
             self.dirty.discard(key)
 
@@ -126,6 +133,18 @@ class PartitionActivity:
         changed = {key: self.counts.get(key, 0) for key in self.dirty}
         self.dirty.clear()
         return changed
+
+
+def merge_partition_count(parts: dict[str, int], partition: str, count: int) -> bool:
+    """Apply one partition's count for a key to the key's per-partition counts; True if it changed.
+
+    A partition's count only grows (a user active on a day stays active on it), so the highest one
+    wins: a stale partial from a worker that has just lost the partition, or a count re-sent after
+    a restore, never moves a total back."""
+    if count <= parts.get(partition, 0):
+        return False
+    parts[partition] = count
+    return True
 
 
 def exact_counts(activity: Iterable[tuple[str, str, int]]) -> dict[MetricKey, int]:

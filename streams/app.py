@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import faust
 
 from . import clickhouse
-from .active_users import PartitionActivity, day_iso, day_ordinal
+from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
 from .alerts import AlertEngine, load_rules
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
@@ -88,6 +88,7 @@ class Pipeline:
         self.partition_watermarks: dict[str, int] = {}  # input partition -> newest event time, for alerts
         self.pending_alerts: list[Alert] = []
         self.metrics_emitted = 0
+        self.stopped = False
         self.app = self._build_app()
 
     # ---- Faust app ------------------------------------------------------------------------
@@ -152,6 +153,7 @@ class Pipeline:
     async def on_shutdown(self, sender, **kwargs) -> None:
         """A clean stop publishes the metric values and alerts still waiting for their interval."""
         await self.flush_metrics()
+        self.stopped = True  # the producer stops next: the interval timer must not send any more
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
         for tp in revoked:
@@ -193,7 +195,15 @@ class Pipeline:
         doesn't have."""
         s = self.settings
         async for events in stream.take_events(s.batch_messages, within=s.sink_batch_seconds):
-            await self.make_durable(self.run_stages(events))
+            try:
+                await self.make_durable(self.run_stages(events))
+            except Exception as exc:
+                # The partition state already holds this batch, so carrying on (Faust's default:
+                # restart the agent) would take its redelivered events for duplicates. Stop the
+                # worker instead; a restart rebuilds the state from what was made durable.
+                log.critical("batch failed, stopping the worker: %r", exc)
+                await self.app.crash(exc)
+                raise
 
     def run_stages(self, events) -> "PreparedBatch":
         """The CPU part of a batch: every partition's messages through `process_batch`, state
@@ -304,14 +314,9 @@ class Pipeline:
                 partition = str(partition)
                 key = f"{metric}|{app}|{day_iso(day)}"
                 entry = self.metric_totals.get(key) or {"parts": {}, "value": 0, "version": 0}
-                if entry["parts"].get(partition) == count:
+                if not merge_partition_count(entry["parts"], partition, count):
                     continue
-                entry["parts"][partition] = count
-                total = sum(entry["parts"].values())
-                if total == entry["value"]:
-                    sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
-                    continue
-                entry["value"] = total
+                total = entry["value"] = sum(entry["parts"].values())
                 entry["version"] += 1
                 entry["correction"] = day < progress[partition]["watermark_day"]
                 entry["updated_ms"] = now_ms
@@ -331,6 +336,8 @@ class Pipeline:
 
     async def flush_metrics(self) -> None:
         """At most one MetricUpdate per key per interval: the latest value wins."""
+        if self.stopped:
+            return
         pending, self.pending_metrics = self.pending_metrics, {}
         for key, entry in pending.items():
             metric, app, day = key.split("|")

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from streams.active_users import (ALL_APPS, CALENDAR_WAU, PartitionActivity, day_ordinal, exact_counts,
-                                  window_end)
+                                  merge_partition_count, window_end, window_start)
 
 D0 = dt.date(2026, 3, 2).toordinal()  # a Monday
 
@@ -60,7 +60,7 @@ def test_redelivery_never_counts_twice():
     assert run(triples + triples[:20]) == exact_counts(triples)
 
 
-def test_restore_from_persisted_days_gives_the_counts_that_can_still_change():
+def test_restore_from_persisted_days_gives_every_count_it_can_compute_exactly():
     rnd = random.Random(5)
     original = PartitionActivity(lateness_days=3)
     for day in range(61):  # in event-time order, as a partition delivers them
@@ -70,11 +70,11 @@ def test_restore_from_persisted_days_gives_the_counts_that_can_still_change():
     original.take_dirty()
     restored = PartitionActivity(lateness_days=3)
     restored.restore([(app, user, days) for (app, user), days in original.user_days.items()], D0 + 60)
-    horizon = D0 + 60 - 3  # a Tuesday: the week that began the day before is still open
-    still_open = {k: v for k, v in original.counts.items() if window_end(k) >= horizon}
-    assert any(k[0] == CALENDAR_WAU and k[2] < horizon for k in still_open)  # the week that is still open
-    assert restored.counts == still_open
-    assert set(restored.take_dirty()) == set(still_open)  # re-sent once after the restart
+    oldest_retained = D0 + 60 - 3 - 28  # lateness + the longest window
+    exact = {k: v for k, v in original.counts.items() if window_start(k) >= oldest_retained}
+    assert any(window_end(k) < D0 + 60 - 3 for k in exact)  # final days too, not only the open ones
+    assert restored.counts == exact
+    assert set(restored.take_dirty()) == set(exact)  # re-sent once after the restart
 
 
 def test_advance_forgets_old_users_and_final_days():
@@ -90,3 +90,13 @@ def test_advance_forgets_old_users_and_final_days():
 def test_day_ordinal_is_utc_day():
     assert dt.date.fromordinal(day_ordinal(1_700_000_000_000)) == dt.date(2023, 11, 14)
     assert dt.date.fromordinal(day_ordinal(1_699_919_999_999)) == dt.date(2023, 11, 13)
+
+
+def test_a_stale_or_repeated_partition_count_never_lowers_a_total():
+    parts: dict[str, int] = {}
+    assert merge_partition_count(parts, "0", 3)
+    assert merge_partition_count(parts, "1", 5)
+    assert not merge_partition_count(parts, "0", 2)  # from a worker that lost partition 0 a moment ago
+    assert not merge_partition_count(parts, "1", 5)  # re-sent after a restore
+    assert merge_partition_count(parts, "0", 4)
+    assert sum(parts.values()) == 9
