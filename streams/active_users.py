@@ -79,6 +79,8 @@ class PartitionActivity:
         """Record that `user` was active in `app` on `day`. Returns the user's new day list to persist,
         or None when nothing changed (the common case: already active that day)."""
         days = self.user_days.get((app, user))
+        if days is not None and days[-1] == day:  # the commonest case of all: another event today
+            return None
         if days is None:
             days = self.user_days[(app, user)] = [day]
             index = 0

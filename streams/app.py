@@ -190,20 +190,34 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Batches of the input: the stages, then the durable writes, all inside the loop body, since
-        `take_events` acks a batch as soon as the body returns: offsets never pass rows ClickHouse
-        doesn't have."""
+        """Batches of the input, pipelined: the stages of one batch (CPU, this thread) run while the
+        previous batch is made durable (ClickHouse in an executor thread, Kafka sends). Events are
+        acked by hand once their batch is durable, so offsets never pass rows ClickHouse doesn't
+        have; batches become durable one at a time, in order."""
         s = self.settings
-        async for events in stream.take_events(s.batch_messages, within=s.sink_batch_seconds):
-            try:
-                await self.make_durable(self.run_stages(events))
-            except Exception as exc:
-                # The partition state already holds this batch, so carrying on (Faust's default:
-                # restart the agent) would take its redelivered events for duplicates. Stop the
-                # worker instead; a restart rebuilds the state from what was made durable.
-                log.critical("batch failed, stopping the worker: %r", exc)
-                await self.app.crash(exc)
-                raise
+        in_flight: asyncio.Task | None = None
+        try:
+            async for events in stream.noack_take(s.batch_messages, within=s.sink_batch_seconds):
+                batch = self.run_stages(events)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(self.make_durable_and_ack(batch, events, stream))
+        finally:
+            if in_flight is not None and not in_flight.done():
+                await in_flight
+
+    async def make_durable_and_ack(self, batch: "PreparedBatch", events, stream) -> None:
+        try:
+            await self.make_durable(batch)
+        except Exception as exc:
+            # The partition state already holds this batch, so carrying on would take its
+            # redelivered events for duplicates. Stop the worker instead; a restart rebuilds the
+            # state from what was made durable.
+            log.critical("batch failed, stopping the worker: %r", exc)
+            await self.app.crash(exc)
+            raise
+        for event in events:
+            await stream.ack(event)
 
     def run_stages(self, events) -> "PreparedBatch":
         """The CPU part of a batch: every partition's messages through `process_batch`, state

@@ -122,12 +122,19 @@ def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping
 
 # ---- the row -----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4096)
+def _day(days_since_epoch: int) -> tuple[dt.date, int]:
+    """The UTC date and weekend flag of a day number: a stream has few days and many events per day."""
+    day = dt.date.fromordinal(_EPOCH_DAY + days_since_epoch)
+    return day, 1 if day.weekday() >= 5 else 0
+
+
 def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, mapping: PropertyMapping,
            ingested_ms: int) -> dict:
     """One `user_actions` row (before scrubbing and the profile join)."""
     start = action.start_epoch_ms
     end = action.end_epoch_ms or start
-    day = dt.date.fromordinal(_EPOCH_DAY + start // 86_400_000)
+    day, is_weekend = _day(start // 86_400_000)
     extracted = extract_properties(action, kwargs, pos_args, mapping)
     return {
         "event_id": action.event_id,
@@ -137,7 +144,7 @@ def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, map
         "user": action.user,
         "ts": start,
         "ds": day,
-        "is_weekend": 1 if day.weekday() >= 5 else 0,
+        "is_weekend": is_weekend,
         "start_epoch_ms": start,
         "end_epoch_ms": end,
         "duration_ms": end - start,

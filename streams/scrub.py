@@ -526,6 +526,7 @@ class _Rules:
     kept_json_keys: tuple[tuple[str, str], ...]
     key_cache: dict[str, KeyRule | None] = field(default_factory=dict)
     key_decisions: dict[str, KeyRule | str | None] = field(default_factory=dict)
+    clean_key_sets: set[tuple[str, ...]] = field(default_factory=set)  # property key sets no rule touches
 
     def rule_for_key(self, key: str) -> KeyRule | None:
         try:
@@ -686,7 +687,13 @@ class Scrubber:
         properties_flagged = False
         if properties:
             # keys come from a small vocabulary: decided once each (cached), only the values are searched
-            properties_flagged = any(self._key_decision(key, rules) is not None for key in properties)
+            key_set = tuple(properties)
+            if key_set not in rules.clean_key_sets:
+                properties_flagged = any(self._key_decision(key, rules) is not None for key in properties)
+                if not properties_flagged:  # only clean sets are kept: no secret-as-key in memory
+                    if len(rules.clean_key_sets) > 10_000:
+                        rules.clean_key_sets.clear()
+                    rules.clean_key_sets.add(key_set)
             texts.append("\n".join(properties.values()))
         # The fast path: one search over everything; a clean event stops here.
         prefilter = rules.prefilter

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -39,8 +40,9 @@ PROFILE_COLUMNS = ("user", "email", "title", "team", "ab_flags", "updated_at")
 
 
 def to_columns(rows: list[dict], columns: tuple[str, ...]) -> list[list]:
-    """Row dicts -> one list per column (clickhouse-connect's column-oriented insert)."""
-    return [[row[name] for row in rows] for name in columns]
+    """Row dicts -> one list per column (clickhouse-connect's column-oriented insert); each column's
+    pass runs in C (map over itemgetter), not as a Python loop."""
+    return [list(map(operator.itemgetter(name), rows)) for name in columns]
 
 
 def dead_letter_row(letter: DeadLetter) -> dict:
