@@ -8,7 +8,8 @@
     tally-active-user-partials ──▶ totals agent ──▶ active-users (compacted), alerts
 
 Tables (memory store, restored from their Kafka changelogs on start):
-    user_days       "<partition>|<app>|<user>" -> active day ordinals (written when a user gains a day)
+    active_days     "<partition>|<bucket>" -> [app, user, active day ordinals] of a bucket of users
+                    (rewritten at most once per batch, when one of them gained a day)
     profiles        "<user>" -> scrubbed profile
     metric_totals   "<metric>|<app>|<day>" -> per-partition counts, total, version
 """
@@ -131,7 +132,7 @@ class Pipeline:
                                         value_serializer="raw", partitions=1, internal=True)
 
         # str keys, JSON values (lists of day ordinals, small dicts)
-        self.user_days = app.Table("user_days", key_type=str, partitions=s.partitions)
+        self.active_days = app.Table("active_days", key_type=str, partitions=s.partitions)
         self.profiles = app.Table("profiles", key_type=str, partitions=s.partitions)
         self.metric_totals = app.Table("metric_totals", key_type=str, partitions=1)
 
@@ -163,20 +164,19 @@ class Pipeline:
 
     # ---- per-partition state --------------------------------------------------------------
     def state_for(self, partition: int) -> PartitionState:
-        """This partition's state, rebuilt from the recovered user_days table the first time."""
+        """This partition's state, rebuilt from the recovered active_days table the first time."""
         state = self.partition_states.get(partition)
         if state is None:
             state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
             prefix = f"{partition}|"
             persisted = []
-            for key, value in list(self.user_days.data.items()):
+            for key, value in list(self.active_days.data.items()):
                 if not key.startswith(prefix):
                     continue
                 if key == prefix + WATERMARK_KEY:
                     state.watermark_ms = int(value)
                 else:
-                    _, app, user = key.split("|", 2)
-                    persisted.append((app, user, value))
+                    persisted.extend(value)  # [app, user, days] of each user in the bucket
             state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
             self.partition_states[partition] = state
         return state
@@ -249,12 +249,13 @@ class Pipeline:
             batch.reroutes.extend(result.reroutes)
             batch.counts.add(result.counts)
             sends = batch.sends
-            for (app, user), days in result.user_days.items():
-                sends.append(table_set(self.user_days, partition, f"{partition}|{app}|{user}", days))
-            for app, user in result.expired_users:
-                sends.append(table_delete(self.user_days, partition, f"{partition}|{app}|{user}"))
+            for bucket, users in result.changed_buckets.items():
+                key = f"{partition}|{bucket}"
+                sends.append(table_set(self.active_days, partition, key, users) if users
+                             else table_delete(self.active_days, partition, key))
             if result.rows:
-                sends.append(table_set(self.user_days, partition, f"{partition}|{WATERMARK_KEY}", state.watermark_ms))
+                sends.append(table_set(self.active_days, partition, f"{partition}|{WATERMARK_KEY}",
+                                       state.watermark_ms))
             partial["counts"].extend([partition, m, a, d, c] for (m, a, d), c in result.metric_counts.items())
             if state.watermark_ms:
                 partial["partitions"][partition] = {"watermark_ms": state.watermark_ms,

@@ -52,8 +52,7 @@ class BatchResult:
     rows: list[dict] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
-    user_days: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # to persist
-    expired_users: list[tuple[str, str]] = field(default_factory=list)          # to delete
+    changed_buckets: dict[int, list] = field(default_factory=dict)              # day lists to persist
     metric_counts: dict[MetricKey, int] = field(default_factory=dict)          # this partition's changed counts
     newest_event_ms: dict[str, int] = field(default_factory=dict)              # per app
     counts: BatchCounts = field(default_factory=BatchCounts)
@@ -140,12 +139,10 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
         if start > result.newest_event_ms.get(app, 0):
             result.newest_event_ms[app] = start
         day = day_ordinal(start)
-        for scope in (app, ALL_APPS):
-            days = activity.add(scope, row["user"], day)
-            if days is not None:
-                result.user_days[(scope, row["user"])] = days
+        activity.add(app, row["user"], day)
+        activity.add(ALL_APPS, row["user"], day)
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
-    for key in activity.advance(day_ordinal(state.watermark_ms)) if state.watermark_ms else ():
-        result.user_days.pop(key, None)
-        result.expired_users.append(key)
+    if state.watermark_ms:
+        activity.advance(day_ordinal(state.watermark_ms))
+    result.changed_buckets = activity.take_changed_buckets()
     return result

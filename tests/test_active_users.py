@@ -100,3 +100,27 @@ def test_a_stale_or_repeated_partition_count_never_lowers_a_total():
     assert not merge_partition_count(parts, "1", 5)  # re-sent after a restore
     assert merge_partition_count(parts, "0", 4)
     assert sum(parts.values()) == 9
+
+
+def test_persisted_buckets_restore_the_same_state():
+    """What take_changed_buckets hands out, written to a table key per bucket (the last write of a key
+    wins, an empty bucket deletes it), restores exactly the user days the partition had."""
+    rnd = random.Random(9)
+    live = PartitionActivity(lateness_days=3)
+    table: dict[int, list] = {}
+    for day in range(50):
+        for _ in range(40):
+            user, app = f"u{rnd.randrange(300)}", rnd.choice(["cat", "bi"])
+            live.add(app, user, D0 + day)
+            live.add(ALL_APPS, user, D0 + day)
+        live.advance(D0 + day)  # users idle for longer than the retention drop out
+        for bucket, users in live.take_changed_buckets().items():
+            if users:
+                table[bucket] = users
+            else:
+                table.pop(bucket, None)
+    assert len(table) > 1 and all(users for users in table.values())
+    restored = PartitionActivity(lateness_days=3)
+    restored.restore([entry for users in table.values() for entry in users], D0 + 49)
+    assert restored.user_days == live.user_days
+    assert restored.take_changed_buckets() == {}  # nothing to write again

@@ -79,15 +79,16 @@ def test_rows_are_enriched_scrubbed_and_counted():
         == ("Get Table Metadata", "hive://gold.orders", 1, "search_results", "table")
     assert second["user"].startswith("u_") and "user:hmac:email" in second["scrubbed_fields"]
     assert result.metric_counts[("dau", "amundsen", NOW // DAY_MS + 719163)] == 2
-    assert set(result.user_days) == {("amundsen", ann), ("*", ann), ("amundsen", second["user"]), ("*", second["user"])}
+    persisted = {(app, user): days for users in result.changed_buckets.values() for app, user, days in users}
+    assert set(persisted) == {("amundsen", ann), ("*", ann), ("amundsen", second["user"]), ("*", second["user"])}
 
 
 def test_a_user_gaining_no_new_day_writes_no_state():
     (ann,) = users_in(0, 1)
     result, state = run([action("e1", ann, NOW - 1000)])
-    assert result.user_days
+    assert result.changed_buckets
     again, _ = run([action("e2", ann, NOW - 500)], state)
-    assert again.user_days == {} and again.metric_counts == {}
+    assert again.changed_buckets == {} and again.metric_counts == {}
 
 
 @pytest.mark.parametrize("start,reason", [(NOW - 2 * DAY_MS, None), (NOW - 4 * DAY_MS, "too_late")])
