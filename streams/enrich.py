@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -56,10 +56,42 @@ class PropertyMapping:
     default: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]
     per_app: dict[str, dict[str, tuple[tuple[str, tuple[str, ...]], ...]]]
     target_type_from_command: tuple[tuple[str, str], ...]
+    _plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     def for_app(self, app: str) -> dict:
         columns = self.per_app.get(app)
         return self.default if columns is None else columns
+
+    def lookup_plan(self, app: str) -> "_LookupPlan":
+        plan = self._plans.get(app)
+        if plan is None:
+            plan = self._plans[app] = _lookup_plan(self.for_app(app))
+        return plan
+
+
+@dataclass(frozen=True)
+class _LookupPlan:
+    """An app's sources turned around: by argument/property key, the (rank, column) pairs it feeds.
+    A column takes the value of its first source (lowest rank) that has one."""
+    by_kwarg: dict[str, tuple[tuple[int, str], ...]]
+    by_property: dict[str, tuple[tuple[int, str], ...]]
+    others: tuple[tuple[int, str, str, tuple[str, ...]], ...]  # (rank, column, kind, path): fields, args, nested
+
+
+def _lookup_plan(columns: dict) -> _LookupPlan:
+    by_kwarg: dict[str, list] = {}
+    by_property: dict[str, list] = {}
+    others = []
+    for column, sources in columns.items():
+        for rank, (kind, path) in enumerate(sources):
+            if kind == "kwargs" and len(path) == 1:
+                by_kwarg.setdefault(path[0], []).append((rank, column))
+            elif kind == "props":
+                by_property.setdefault(path[0], []).append((rank, column))
+            else:
+                others.append((rank, column, kind, path))
+    return _LookupPlan({k: tuple(v) for k, v in by_kwarg.items()}, {k: tuple(v) for k, v in by_property.items()},
+                       tuple(others))
 
 
 def _parse_sources(column: str, sources: list, where: str) -> tuple:
@@ -85,26 +117,41 @@ def load_mapping(path: str | Path | None = None) -> PropertyMapping:
     return PropertyMapping(default, per_app, from_command)
 
 
-def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping) -> dict:
-    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type)."""
-    found: dict = {}
-    properties = action.properties
-    for column, sources in mapping.for_app(action.app).items():
-        for kind, path in sources:
-            if kind == "kwargs":
-                value = kwargs.get(path[0]) if kwargs else None
-                for part in path[1:]:
-                    value = value.get(part) if isinstance(value, dict) else None
-            elif kind == "props":
-                value = properties.get(path[0]) if properties else None
-            elif kind == "field":
-                value = getattr(action, path[0], None)
-            else:
-                index = int(path[0])
-                value = pos_args[index] if index < len(pos_args) else None
-            if value is not None and value != "":
-                found[column] = value
-                break
+def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping,
+                       properties: dict | None = None) -> dict:
+    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type).
+    `properties` is the action's properties map as a dict, when the caller has made one already.
+
+    Looks up only the keys the action has (a handful) rather than every source of every column."""
+    if properties is None:
+        properties = dict(action.properties.items()) if action.properties else {}
+    plan = mapping.lookup_plan(action.app)
+    best: dict[str, tuple[int, object]] = {}  # column -> (rank, value) of its best source so far
+    for present, feeds in ((kwargs, plan.by_kwarg), (properties, plan.by_property)):
+        if not present:
+            continue
+        for key in present.keys() & feeds.keys():
+            value = present[key]
+            if value is None or value == "":
+                continue
+            for rank, column in feeds[key]:
+                if column not in best or rank < best[column][0]:
+                    best[column] = (rank, value)
+    for rank, column, kind, path in plan.others:
+        if column in best and best[column][0] < rank:
+            continue
+        if kind == "field":
+            value = getattr(action, path[0], None)
+        elif kind == "kwargs":
+            value = kwargs.get(path[0]) if kwargs else None
+            for part in path[1:]:
+                value = value.get(part) if isinstance(value, dict) else None
+        else:
+            index = int(path[0])
+            value = pos_args[index] if index < len(pos_args) else None
+        if value is not None and value != "":
+            best[column] = (rank, value)
+    found = {column: value for column, (_, value) in best.items()}
     index = found.get("result_index")
     if index is not None:
         try:
@@ -135,7 +182,8 @@ def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, map
     start = action.start_epoch_ms
     end = action.end_epoch_ms or start
     day, is_weekend = _day(start // 86_400_000)
-    extracted = extract_properties(action, kwargs, pos_args, mapping)
+    properties = dict(action.properties.items()) if action.properties else {}  # dict() of an empty map costs too
+    extracted = extract_properties(action, kwargs, pos_args, mapping, properties)
     return {
         "event_id": action.event_id,
         "app": action.app,
@@ -160,7 +208,7 @@ def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, map
         "label": action.label,
         "location": action.location,
         "value": action.value,
-        "properties": dict(action.properties),
+        "properties": properties,
         "search_term": str(extracted.get("search_term", "")),
         "result_index": extracted.get("result_index"),
         "source": str(extracted.get("source", "")),
