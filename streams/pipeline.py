@@ -6,27 +6,18 @@ tests and benchmarks run it on plain lists.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from aiokafka.partitioner import murmur2
-
 from . import enrich, validate
 from .active_users import ALL_APPS, MetricKey, PartitionActivity, day_ordinal
-from .contract import DeadLetter, UserAction, is_envelope
+from .contract import DeadLetter, UserAction, is_envelope, partition_for_user
 from .outcome import BatchCounts, Rejected, Source
 from .validate import Limits
 
 RECENT_IDS_PER_PARTITION = 100_000  # duplicates from producer retries arrive close together
-
-
-@functools.lru_cache(maxsize=200_000)
-def partition_for_user(user: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka use) picks for a user key."""
-    return (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass

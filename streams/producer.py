@@ -2,9 +2,10 @@
 
 Tracking never breaks the host. The caller's path only builds the event (JSON of the arguments,
 secrets dropped, a time-ordered event id) and appends it to a bounded in-memory buffer; a
-background thread running its own asyncio loop sends the buffer to Kafka with aiokafka, keyed by
-user, retrying with the same event id so downstream can drop duplicates. No exception from
-tracking reaches the caller.
+background thread running its own asyncio loop sends the buffer to Kafka with aiokafka, each event
+to its user's partition (by default packed per partition into UserActionBatch envelopes, keyed by
+user otherwise), retrying with the same event id so downstream can drop duplicates. No exception
+from tracking reaches the caller.
 
     tracker = Tracker("127.0.0.1:19092", app="amundsen")
     tracker.track("search_table", "ada.lovelace@example.com", search_term="orders")
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, TextIO
 
-from .contract import SCHEMA_VERSION, UserAction, new_event_id
+from .contract import ENVELOPE_HEADER, SCHEMA_VERSION, UserAction, new_event_id, partition_for_user
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ class TrackerOptions:
     drop: DropPolicy = "oldest"               # which event goes when the buffer is full
     drop_log_interval_s: float = 60.0         # drops are logged at most once per interval
     batch_size: int = 500                     # events handed to aiokafka per round
+    envelopes: bool = True                    # a round's events go as one UserActionBatch per partition
+    max_envelope_bytes: int = 900_000         # under the broker's default message.max.bytes (1 MiB)
     request_timeout_ms: int = 15_000          # a send not acknowledged by then is retried
     reconnect_backoff_s: tuple[float, float] = (0.2, 5.0)  # first and longest wait between connects
     exit_flush_timeout_s: float = 5.0         # how long interpreter exit waits for delivery
@@ -540,32 +543,42 @@ class Tracker:
 
     async def _send(self, producer, batch: list) -> None:
         from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
-        sends = []
+        serialized = []
         for key, value, item in self._serialize(batch):
             if value is None:
                 self._failed += 1
-                continue
+            else:
+                serialized.append((key, value, item))
+        if self.options.envelopes and serialized:
+            partitions = len(await producer.partitions_for(self.topic))
+            messages = pack_envelopes(serialized, partitions, self.options.max_envelope_bytes)
+        else:
+            messages = [(key, value, None, None, [item]) for key, value, item in serialized]
+        sends = []
+        for key, value, partition, headers, items in messages:
             try:
-                sends.append((item, await producer.send(self.topic, value, key=key)))
+                sends.append((items, await producer.send(self.topic, value, key=key, partition=partition,
+                                                         headers=headers)))
             except Exception as exc:
-                sends.append((item, exc))
+                sends.append((items, exc))
         retry = []
-        for item, sent in sends:
+        for items, sent in sends:
             try:
                 if isinstance(sent, BaseException):
                     raise sent
                 await sent
-                self._delivered += 1
+                self._delivered += len(items)
             except (KafkaTimeoutError, KafkaConnectionError) as exc:
-                retry.append(item)
+                retry.extend(items)
                 last_error = exc
             except Exception as exc:
                 if getattr(exc, "retriable", False):
-                    retry.append(item)
+                    retry.extend(items)
                     last_error = exc
                 else:
-                    self._failed += 1
-                    log.warning("tally tracker: broker refused event %s: %r", item.get("event_id"), exc)
+                    self._failed += len(items)
+                    log.warning("tally tracker: broker refused %d event(s), first %s: %r", len(items),
+                                items[0].get("event_id"), exc)
         if retry:
             log.info("tally tracker: %d events will be retried with the same event ids: %r", len(retry), last_error)
             self._buffer.requeue(retry)
@@ -576,6 +589,46 @@ class Tracker:
         while True:
             self._report_drops()
             await asyncio.sleep(interval)
+
+
+def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, max_bytes: int
+                   ) -> list[tuple[bytes, bytes, int, list, list]]:
+    """(key, UserAction bytes, item) per event -> (key, UserActionBatch bytes, partition, headers, items)
+    per Kafka message: each event goes to the partition its key (the user as sent) hashes to, as the
+    default partitioner would put it, in order, at most `max_bytes` per envelope (a bigger event goes
+    alone). The consumer pays its per-message cost once per envelope instead of once per event."""
+    by_partition: dict[int, list] = {}
+    for entry in serialized:
+        by_partition.setdefault(partition_for_user(entry[0].decode("utf-8", "replace"), partitions), []).append(entry)
+    messages = []
+    for partition, entries in by_partition.items():
+        chunk: list = []
+        size = 0
+        for entry in entries:
+            framed = _envelope_entry(entry[1])
+            if chunk and size + len(framed) > max_bytes:
+                messages.append(_envelope_message(chunk, partition))
+                chunk, size = [], 0
+            chunk.append((entry, framed))
+            size += len(framed)
+        messages.append(_envelope_message(chunk, partition))
+    return messages
+
+
+def _envelope_entry(action_bytes: bytes) -> bytes:
+    """One `repeated UserAction actions = 1` entry on the wire: tag, varint length, the message."""
+    length, varint = len(action_bytes), bytearray()
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        varint.append(byte | (0x80 if length else 0))
+        if not length:
+            return b"\x0a" + bytes(varint) + action_bytes
+
+
+def _envelope_message(chunk: list, partition: int) -> tuple[bytes, bytes, int, list, list]:
+    (first_key, _, _), _ = chunk[0]
+    return (first_key, b"".join(framed for _, framed in chunk), partition, [ENVELOPE_HEADER],
+            [item for (_, _, item), _ in chunk])
 
 
 def _resolve_scrubber(scrubber: Any):

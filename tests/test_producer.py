@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from streams.broker import Broker, create_topics
-from streams.contract import SCHEMA_VERSION, UserAction
+from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, is_envelope, partition_for_user
 from streams.producer import (REDACTED, EventBuffer, Tracker, action_from_json, action_logging, action_to_json,
-                              is_secret_name, parse_lines, redact_secrets, to_json)
+                              is_secret_name, pack_envelopes, parse_lines, redact_secrets, to_json)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,8 +26,15 @@ def offline_tracker(**options) -> Tracker:
     return Tracker("127.0.0.1:1", app="test-app", autostart=False, scrubber=None, **options)
 
 
+def actions_of(record) -> list[UserAction]:
+    """The actions a Kafka record carries: itself, or those of its UserActionBatch envelope."""
+    if is_envelope(record.headers):
+        return list(UserActionBatch.FromString(record.value).actions)
+    return [UserAction.FromString(record.value)]
+
+
 async def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Every record of `topic` from the beginning: wait for `expected`, then one more poll for extras."""
+    """Every record of `topic` from the beginning: wait for `expected` actions, then one more poll for extras."""
     from aiokafka import AIOKafkaConsumer
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
@@ -36,7 +43,7 @@ async def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 6
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(records) < expected and loop.time() < deadline:
+        while sum(len(actions_of(r)) for r in records) < expected and loop.time() < deadline:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(batch)
         for batch in (await consumer.getmany(timeout_ms=1500)).values():  # duplicates would show up here
@@ -47,8 +54,9 @@ async def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 6
 
 
 def consume_actions(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, UserAction]]:
+    """(record key, action) for every action on the topic, in envelopes or not."""
     records = asyncio.run(_consume(bootstrap, topic, expected))
-    return [(r.key, UserAction.FromString(r.value)) for r in records]
+    return [(r.key, action) for r in records for action in actions_of(r)]
 
 
 def free_port() -> int:
@@ -261,6 +269,41 @@ def test_scrubber_is_applied_before_sending():
     assert key == b"pseudo-15"  # the key never carries the id in clear either
 
 
+def test_envelopes_pack_each_partitions_events_in_order():
+    serialized = [(f"user{i % 5}".encode(), UserAction(event_id=f"e{i}", user=f"user{i % 5}").SerializeToString(), i)
+                  for i in range(40)]
+    messages = pack_envelopes(serialized, partitions=3, max_bytes=200)
+    unpacked = []
+    for key, value, partition, headers, items in messages:
+        actions = list(UserActionBatch.FromString(value).actions)
+        assert is_envelope(headers) and len(value) <= 200 and len(actions) == len(items)
+        assert all(partition_for_user(a.user, 3) == partition for a in actions)
+        assert key == actions[0].user.encode()
+        unpacked.append([a.event_id for a in actions])
+    assert len(messages) > 3  # the byte limit cut some partitions' events into several envelopes
+    for user in range(5):  # each user's events stay in their order
+        ids = [e for chunk in unpacked for e in chunk if int(e[1:]) % 5 == user]
+        assert ids == sorted(ids, key=lambda e: int(e[1:]))
+    assert sorted(item for *_, items in messages for item in items) == list(range(40))
+
+
+@pytest.mark.kafka
+def test_envelopes_reach_kafka_in_their_users_partitions(bootstrap, new_topic):
+    topic = new_topic("sdk-env", partitions=4)
+    tracker = Tracker(bootstrap, app="amundsen", topic=topic, scrubber=None)
+    users = [f"user{i}@example.com" for i in range(12)]
+    for i in range(300):
+        tracker.track("search_table", users[i % 12], n=i)
+    assert tracker.flush(timeout=60)
+    tracker.close()
+    records = asyncio.run(_consume(bootstrap, topic, expected=300))
+    assert all(is_envelope(r.headers) for r in records) and len(records) < 300
+    actions = [(r.partition, a) for r in records for a in actions_of(r)]
+    assert sorted(int(a.properties["n"]) for _, a in actions) == list(range(300))
+    assert all(partition == partition_for_user(a.user, 4) for partition, a in actions)
+    assert tracker.stats().delivered == 300
+
+
 # --- JSON lines for tally publish ------------------------------------------------------------------
 
 def test_action_from_json_fills_defaults():
@@ -311,7 +354,7 @@ def test_parse_lines_reports_line_numbers():
 def test_decorator_round_trip_into_kafka(bootstrap, new_topic):
     topic = new_topic("sdk")
     tracker = Tracker(bootstrap, app="amundsen", topic=topic, scrubber=None, host_name="frontend-1",
-                      user_provider=lambda: "ada.lovelace@example.com")
+                      user_provider=lambda: "ada.lovelace@example.com", envelopes=False)
 
     @tracker.action_logging
     def _get_table_metadata(*, table_key, index, source):

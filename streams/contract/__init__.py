@@ -5,9 +5,12 @@ fails when it is stale. Regenerate with `make proto`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
+
+from aiokafka.partitioner import murmur2
 
 from .tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
 from .tally.v1.user_action_pb2 import UserAction, UserActionBatch, UserProfile
@@ -18,7 +21,7 @@ SCHEMA_VERSION = 1  # the newest UserAction schema this code understands
 ENVELOPE_HEADER = ("tally-message", b"tally.v1.UserActionBatch")
 
 __all__ = ["Alert", "DeadLetter", "MetricUpdate", "UserAction", "UserActionBatch", "UserProfile", "ENVELOPE_HEADER",
-           "SCHEMA_VERSION", "is_envelope", "new_event_id"]
+           "SCHEMA_VERSION", "is_envelope", "new_event_id", "partition_for_user"]
 
 
 def is_envelope(headers) -> bool:
@@ -39,3 +42,9 @@ def new_event_id(epoch_ms: int | None = None) -> str:
     value |= 0b10 << 62                     # RFC 4122 variant
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF   # rand_b, 62 bits
     return str(uuid.UUID(int=value))
+
+
+@functools.lru_cache(maxsize=200_000)
+def partition_for_user(user: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka use) picks for a user key."""
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % partitions
