@@ -152,8 +152,6 @@ class Worker:
         self.extra = ["--partitions", str(plan.partitions)]
         if plan.batch_size:
             self.extra += ["--batch-size", str(plan.batch_size)]
-        if plan.envelope > 1:
-            self.extra += ["--envelope-size", str(plan.envelope)]
         self.process: subprocess.Popen | None = None
 
     @property

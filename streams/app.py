@@ -44,15 +44,27 @@ WATERMARK_KEY = "~watermark"
 
 
 @dataclass
-class PreparedBatch:
-    """A batch that went through the stages and waits to be made durable."""
-    offsets: dict[int, tuple[int, int]]  # partition -> (first, last) offset
+class PendingBatch:
+    """Steps of the input that went through the stages and wait to be made durable together: rows
+    accumulate across steps up to one insert's worth, whatever the steps' sizes in messages."""
+    started: float = field(default_factory=time.monotonic)
+    events: list = field(default_factory=list)                # Faust events, acked once durable
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
     rows: list[dict] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)
-    sends: list = field(default_factory=list)  # futures of table changelog writes
-    partial: dict = field(default_factory=lambda: {"partitions": {}, "counts": []})
+    states: dict[int, PartitionState] = field(default_factory=dict)  # whose changes to persist
+    metric_counts: dict[tuple, int] = field(default_factory=dict)    # (partition, metric, app, day) -> latest
+    progress: dict[int, dict] = field(default_factory=dict)          # partition -> watermark etc., latest
     counts: BatchCounts = field(default_factory=BatchCounts)
+
+
+@dataclass
+class DurableWrite:
+    """A pending batch at the moment it is cut: what its flush writes and sends."""
+    batch: PendingBatch
+    sends: list  # futures of changelog writes, made when the batch was cut
+    partial: dict
 
 
 def table_set(table, partition: int, key: str, value):
@@ -90,6 +102,9 @@ class Pipeline:
         self.pending_alerts: list[Alert] = []
         self.metrics_emitted = 0
         self.stopped = False
+        self.pending = PendingBatch()
+        self.in_flight: asyncio.Task | None = None
+        self._actions_stream = None
         self.app = self._build_app()
 
     # ---- Faust app ------------------------------------------------------------------------
@@ -103,10 +118,10 @@ class Pipeline:
             topic_partitions=s.partitions,
             topic_replication_factor=1,
             consumer_auto_offset_reset="earliest",
-            stream_buffer_maxsize=max(4096, s.batch_messages * 2),
-            broker_max_poll_records=max(500, s.batch_messages // 2),  # fewer hops to the consumer thread
+            stream_buffer_maxsize=max(4096, s.take_messages * 2),
+            broker_max_poll_records=max(500, s.take_messages),  # fewer hops to the consumer thread
             consumer_max_fetch_size=16 * 1024 * 1024,
-            broker_commit_every=max(1000, s.batch_messages),
+            broker_commit_every=max(1000, s.take_messages),
             broker_commit_interval=1.0,
             producer_linger_ms=5,
             producer_max_request_size=4 * 1024 * 1024,
@@ -190,25 +205,60 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Batches of the input, pipelined: the stages of one batch (CPU, this thread) run while the
-        previous batch is made durable (ClickHouse in an executor thread, Kafka sends). Events are
+        """Steps of up to `take_messages` Kafka messages go through the stages (CPU, this thread) and
+        accumulate; at `sink_batch_size` rows or `sink_batch_seconds`, the batch is cut and made
+        durable (ClickHouse in an executor thread, Kafka sends) while the next steps run. Events are
         acked by hand once their batch is durable, so offsets never pass rows ClickHouse doesn't
         have; batches become durable one at a time, in order."""
         s = self.settings
-        in_flight: asyncio.Task | None = None
+        self._actions_stream = stream
+        ticker = asyncio.ensure_future(self._flush_when_due())
         try:
-            async for events in stream.noack_take(s.batch_messages, within=s.sink_batch_seconds):
-                batch = self.run_stages(events)
-                if in_flight is not None:
-                    await in_flight
-                in_flight = asyncio.ensure_future(self.make_durable_and_ack(batch, events, stream))
+            async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
+                self.run_stages(events, self.pending)
+                if len(self.pending.rows) >= s.sink_batch_size or self._pending_is_due():
+                    if self.in_flight is not None:
+                        await self.in_flight  # at most one batch in flight: backpressure
+                    self._cut_and_flush()
         finally:
-            if in_flight is not None and not in_flight.done():
-                await in_flight
+            ticker.cancel()
+            if self.in_flight is not None and not self.in_flight.done():
+                await self.in_flight
 
-    async def make_durable_and_ack(self, batch: "PreparedBatch", events, stream) -> None:
+    def _pending_is_due(self) -> bool:
+        return bool(self.pending.events) and time.monotonic() - self.pending.started >= self.settings.sink_batch_seconds
+
+    async def _flush_when_due(self) -> None:
+        """A batch is cut by time too when no more input comes (a quiet stream, a rebalance or a
+        shutdown waiting for its events to be acked)."""
+        while True:
+            await asyncio.sleep(self.settings.sink_batch_seconds / 4)
+            if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
+                self._cut_and_flush()
+
+    def _cut_and_flush(self) -> None:
+        """Cut the pending batch. Its state changes are snapshotted here, synchronously, before any
+        later step can run: each partition's changed buckets and watermark become changelog sends,
+        and its counts and progress one partials message."""
+        batch, self.pending = self.pending, PendingBatch()
+        sends = []
+        for partition, state in batch.states.items():
+            for bucket, users in state.activity.take_changed_buckets().items():
+                key = f"{partition}|{bucket}"
+                sends.append(table_set(self.active_days, partition, key, users) if users
+                             else table_delete(self.active_days, partition, key))
+            if state.watermark_ms:
+                sends.append(table_set(self.active_days, partition, f"{partition}|{WATERMARK_KEY}",
+                                       state.watermark_ms))
+        # one message with every partition's changed counts and progress: the totals agent applies
+        # all the counts before it moves the watermark, so no day is judged on half its values
+        partial = {"partitions": batch.progress,
+                   "counts": [[p, m, a, d, c] for (p, m, a, d), c in batch.metric_counts.items()]}
+        self.in_flight = asyncio.ensure_future(self._make_durable_and_ack(DurableWrite(batch, sends, partial)))
+
+    async def _make_durable_and_ack(self, write: DurableWrite) -> None:
         try:
-            await self.make_durable(batch)
+            await self.make_durable(write)
         except Exception as exc:
             # The partition state already holds this batch, so carrying on would take its
             # redelivered events for duplicates. Stop the worker instead; a restart rebuilds the
@@ -216,15 +266,14 @@ class Pipeline:
             log.critical("batch failed, stopping the worker: %r", exc)
             await self.app.crash(exc)
             raise
-        for event in events:
-            await stream.ack(event)
+        for event in write.batch.events:
+            await self._actions_stream.ack(event)
 
-    def run_stages(self, events) -> "PreparedBatch":
-        """The CPU part of a batch: every partition's messages through `process_batch`, state
-        changes written to the tables (their changelog sends are collected, not awaited)."""
+    def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
+        """The CPU part of a step: every partition's messages through `process_batch`, the results
+        added to `batch`."""
         by_partition: dict[int, list] = defaultdict(list)
-        offsets: dict[int, tuple[int, int]] = {}
-        batch = PreparedBatch(offsets=offsets)
+        offsets = batch.offsets
         now_ms = int(time.time() * 1000)
         for event in events:
             message = event.message
@@ -237,36 +286,30 @@ class Pipeline:
                 batch.counts.count_dead_letter(bad_envelope.reason)
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
+        batch.events.extend(events)
 
-        # one message with every partition's changed counts and progress: the totals agent applies
-        # all the counts before it moves the watermark, so no day is judged on half its values
-        partial = batch.partial
         for partition, messages in by_partition.items():
-            state = self.state_for(partition)
+            state = batch.states[partition] = self.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profile_index())
             batch.rows.extend(result.rows)
             batch.letters.extend(result.dead_letters)
             batch.reroutes.extend(result.reroutes)
             batch.counts.add(result.counts)
-            sends = batch.sends
-            for bucket, users in result.changed_buckets.items():
-                key = f"{partition}|{bucket}"
-                sends.append(table_set(self.active_days, partition, key, users) if users
-                             else table_delete(self.active_days, partition, key))
-            if result.rows:
-                sends.append(table_set(self.active_days, partition, f"{partition}|{WATERMARK_KEY}",
-                                       state.watermark_ms))
-            partial["counts"].extend([partition, m, a, d, c] for (m, a, d), c in result.metric_counts.items())
+            for (metric, app, day), count in result.metric_counts.items():
+                batch.metric_counts[(partition, metric, app, day)] = count
             if state.watermark_ms:
-                partial["partitions"][partition] = {"watermark_ms": state.watermark_ms,
-                                                    "watermark_day": state.activity.watermark_day,
-                                                    "newest_event_ms": result.newest_event_ms}
+                newest = batch.progress.get(partition, {}).get("newest_event_ms", {})
+                for app, ms in result.newest_event_ms.items():
+                    newest[app] = max(ms, newest.get(app, 0))
+                batch.progress[partition] = {"watermark_ms": state.watermark_ms,
+                                             "watermark_day": state.activity.watermark_day,
+                                             "newest_event_ms": newest}
         return batch
 
-    async def make_durable(self, batch: "PreparedBatch") -> None:
+    async def make_durable(self, write: DurableWrite) -> None:
         """The I/O part: rows and dead letters into ClickHouse, then every message out and acknowledged
-        by the broker (the batch's offsets are acked by Faust when the agent's loop body returns)."""
-        sends = batch.sends
+        by the broker."""
+        batch, sends = write.batch, write.sends
         for key, value, target in batch.reroutes:
             sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
         token = batch_token(self.settings.topics.user_actions, batch.offsets)
@@ -281,8 +324,8 @@ class Pipeline:
                 f"insert of {len(letters)} dead letters")
             for letter in letters:
                 sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
-        if batch.partial["partitions"]:
-            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(batch.partial).encode()))
+        if write.partial["partitions"]:
+            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(write.partial).encode()))
         await asyncio.gather(*sends)
         self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in batch.offsets.items():

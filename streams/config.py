@@ -30,9 +30,9 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4               # partitions of the input topic (keyed by user)
     web_port: int = 6066
-    sink_batch_size: int = 20_000     # rows per ClickHouse insert, at most
-    envelope_size: int = 1            # actions per input message producers send (UserActionBatch envelopes)
+    sink_batch_size: int = 20_000     # rows per ClickHouse insert, about
     sink_batch_seconds: float = 1.0   # ... or this long, whichever comes first
+    take_messages: int = 100          # Kafka messages per step through the stages (one may be an envelope)
     allowed_lateness_days: int = 3    # event time; older events are dead-lettered
     max_future_ms: int = 10 * 60_000  # events stamped further ahead of the stream are dead-lettered
     max_message_bytes: int = 256 * 1024
@@ -40,11 +40,6 @@ class Settings:
     hmac_key: str = field(default="", repr=False)  # keyed pseudonyms; from TALLY_HMAC_KEY
     metric_interval_seconds: float = 1.0  # at most one MetricUpdate per key per interval
     alert_rules: Path | None = None
-
-    @property
-    def batch_messages(self) -> int:
-        """Kafka messages per batch: a batch holds about sink_batch_size actions."""
-        return max(1, self.sink_batch_size // max(1, self.envelope_size))
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -43,7 +43,6 @@ class BatchResult:
     rows: list[dict] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
-    changed_buckets: dict[int, list] = field(default_factory=dict)              # day lists to persist
     metric_counts: dict[MetricKey, int] = field(default_factory=dict)          # this partition's changed counts
     newest_event_ms: dict[str, int] = field(default_factory=dict)              # per app
     counts: BatchCounts = field(default_factory=BatchCounts)
@@ -135,5 +134,4 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
     if state.watermark_ms:
         activity.advance(day_ordinal(state.watermark_ms))
-    result.changed_buckets = activity.take_changed_buckets()
-    return result
+    return result  # what to persist of the activity: state.activity.take_changed_buckets(), when the caller wants

@@ -52,10 +52,8 @@ def add_cli(subparsers) -> None:
     add_settings_args(parser)
     parser.add_argument("--web-port", type=int, help="HTTP port for /stats, /metrics, /active-users, /query")
     parser.add_argument("--partitions", type=int, help="partitions of the input topic (default 4)")
-    parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert at most")
+    parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert (about; default 20000)")
     parser.add_argument("--batch-seconds", type=float, help="seconds a batch may wait to fill")
-    parser.add_argument("--envelope-size", type=int,
-                        help="actions per message when producers send UserActionBatch envelopes (default 1)")
     parser.add_argument("--app-id", help="Faust app id = Kafka consumer group (default tally)")
     parser.add_argument("--lateness-days", type=int, help="allowed lateness in event-time days (default 3)")
     parser.add_argument("--alert-rules", help="YAML file of alert rules")
@@ -72,7 +70,7 @@ def settings_for_worker(args):
     from .cli import settings_from_args
     return settings_from_args(
         args, web_port=args.web_port, partitions=args.partitions, sink_batch_size=args.batch_size,
-        sink_batch_seconds=args.batch_seconds, envelope_size=args.envelope_size, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
+        sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
         alert_rules=Path(args.alert_rules) if args.alert_rules else None,
         scrub_policy=Path(args.scrub_policy) if args.scrub_policy else None)
 

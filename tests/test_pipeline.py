@@ -73,22 +73,22 @@ def test_rows_are_enriched_scrubbed_and_counted():
     (ann,) = users_in(0, 1)
     email_user = next(u for u in (f"p{i}@example.com" for i in range(500))
                       if partition_for_user(SCRUBBER.scrub_user(u), PARTITIONS) == 0)
-    result, _ = run([action("e1", ann, NOW - 1000), action("e2", email_user, NOW - 500)])
+    result, state = run([action("e1", ann, NOW - 1000), action("e2", email_user, NOW - 500)])
     first, second = result.rows
     assert (first["event_name"], first["resource_key"], first["result_index"], first["source"], first["target_type"]) \
         == ("Get Table Metadata", "hive://gold.orders", 1, "search_results", "table")
     assert second["user"].startswith("u_") and "user:hmac:email" in second["scrubbed_fields"]
     assert result.metric_counts[("dau", "amundsen", NOW // DAY_MS + 719163)] == 2
-    persisted = {(app, user): days for users in result.changed_buckets.values() for app, user, days in users}
+    persisted = {(app, user): days for users in state.activity.take_changed_buckets().values() for app, user, days in users}
     assert set(persisted) == {("amundsen", ann), ("*", ann), ("amundsen", second["user"]), ("*", second["user"])}
 
 
 def test_a_user_gaining_no_new_day_writes_no_state():
     (ann,) = users_in(0, 1)
     result, state = run([action("e1", ann, NOW - 1000)])
-    assert result.changed_buckets
+    assert state.activity.take_changed_buckets()
     again, _ = run([action("e2", ann, NOW - 500)], state)
-    assert again.changed_buckets == {} and again.metric_counts == {}
+    assert state.activity.take_changed_buckets() == {} and again.metric_counts == {}
 
 
 @pytest.mark.parametrize("start,reason", [(NOW - 2 * DAY_MS, None), (NOW - 4 * DAY_MS, "too_late")])
