@@ -47,7 +47,7 @@ WATERMARK_KEY = "~watermark"
 class PendingBatch:
     """Steps of the input that went through the stages and wait to be made durable together: rows
     accumulate across steps up to one insert's worth, whatever the steps' sizes in messages."""
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0                                      # monotonic time of its first step
     events: list = field(default_factory=list)                # Faust events, acked once durable
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
     rows: list[dict] = field(default_factory=list)
@@ -217,7 +217,7 @@ class Pipeline:
             async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
                 self.run_stages(events, self.pending)
                 if len(self.pending.rows) >= s.sink_batch_size or self._pending_is_due():
-                    if self.in_flight is not None:
+                    while self.in_flight is not None and not self.in_flight.done():
                         await self.in_flight  # at most one batch in flight: backpressure
                     self._cut_and_flush()
         finally:
@@ -240,6 +240,8 @@ class Pipeline:
         """Cut the pending batch. Its state changes are snapshotted here, synchronously, before any
         later step can run: each partition's changed buckets and watermark become changelog sends,
         and its counts and progress one partials message."""
+        if not self.pending.events:  # the ticker cut it while this waited
+            return
         batch, self.pending = self.pending, PendingBatch()
         sends = []
         for partition, state in batch.states.items():
@@ -275,6 +277,8 @@ class Pipeline:
         by_partition: dict[int, list] = defaultdict(list)
         offsets = batch.offsets
         now_ms = int(time.time() * 1000)
+        if not batch.events:
+            batch.started = time.monotonic()  # a batch's age counts from its first event
         for event in events:
             message = event.message
             source = Source(message.topic, message.partition, message.offset, message.key,

@@ -191,9 +191,11 @@ def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
         await producer.stop()
     asyncio.run(bad_envelope())
 
-    worker = pipeline_env.worker().start()
+    worker = pipeline_env.worker("w1", "--batch-size", "1000").start()
     stats = worker.wait_consumed(len(actions) + 1)
     assert (stats["delivered"], stats["dead_letters_by_reason"], stats["rerouted"]) == (len(actions), {"undecodable": 1}, 0)
+    # inserts are cut by rows, whatever a message holds: at most one step (20 messages) past --batch-size
+    assert stats["sink"]["inserts"] >= 2 and stats["sink"]["max_batch_rows"] < 1000 + 20 * 250
     assert worker.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL") == [[len(actions), len(actions)]]
     stored_users = {u for (u,) in worker.query("SELECT DISTINCT user FROM user_actions")}
     from streams.generator import partition_key
