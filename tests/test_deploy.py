@@ -1,0 +1,43 @@
+"""deploy/ holds what this machine can't start (compose, k8s, a ClickHouse cluster): what can be checked
+here is that it stays in step with the code that the tests do run."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def table_columns(sql: str) -> dict[str, list[tuple[str, str]]]:
+    """Table name (without database or `_local`) -> its (column, type) list, from CREATE TABLE ... ( ... )."""
+    tables = {}
+    for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS ([\w.]+)(?: ON CLUSTER \w+)?\s*\((.*?)\n\)", sql, re.S):
+        columns = []
+        for line in body.strip().splitlines():
+            line = re.sub(r"--.*", "", line).strip().rstrip(",")
+            if line:
+                column, kind = line.split(None, 1)
+                columns.append((column, " ".join(kind.split())))
+        tables[name.split(".")[-1].removesuffix("_local")] = columns
+    return tables
+
+
+def test_cluster_ddl_has_the_columns_of_the_migrations():
+    single = table_columns((ROOT / "streams/sql/001_tables.sql").read_text())
+    cluster = table_columns((ROOT / "deploy/clickhouse/cluster.sql").read_text())
+    assert {"user_actions", "dead_letters", "user_profiles"} <= set(single)
+    for table, columns in single.items():
+        assert cluster.get(table) == columns, f"deploy/clickhouse/cluster.sql: {table} differs from 001_tables.sql"
+
+
+def test_deploy_manifests_parse_and_run_the_worker():
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    assert {"kafka", "clickhouse"} <= set(compose["services"])
+    assert any("worker" in " ".join(map(str, service.get("command", []) or []))
+               for service in compose["services"].values())
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()) if d]
+    containers = [c for d in documents if d.get("kind") in ("Deployment", "StatefulSet")
+                  for c in d["spec"]["template"]["spec"]["containers"]]
+    assert any("worker" in " ".join(map(str, c.get("args", []) + c.get("command", []))) for c in containers)
