@@ -292,10 +292,13 @@ def run_latency(bootstrap: str, prefix: str, traffic: Traffic, work_dir: Path, a
     messages = (traffic.messages * (needed // len(traffic.messages) + 1))[:needed]
     topics = asyncio.run(create_pipeline_topics(bootstrap, prefix, plan.partitions))
     asyncio.run(preload(bootstrap, topics.user_profiles, traffic.profiles, plan.partitions))
-    # the steady load is single messages, as a live tool sends them one by one
-    worker = Worker(work_dir, bootstrap, prefix, app_id, dataclasses.replace(plan, envelope=1)).start()
+    # single messages, as a client without envelopes sends them one by one; with --envelope, what the
+    # SDK sends: each 10 ms tick's events packed per partition
+    envelope_partitions = plan.partitions if plan.envelope > 1 else None
+    worker = Worker(work_dir, bootstrap, prefix, app_id, plan).start()
     try:
-        asyncio.run(send_steady(bootstrap, topics.user_actions, messages[:LATENCY_PRIMER], plan.latency_rate, restamp))
+        asyncio.run(send_steady(bootstrap, topics.user_actions, messages[:LATENCY_PRIMER], plan.latency_rate, restamp,
+                                envelope_partitions))
         watch(worker, LATENCY_PRIMER, timeout_s=300)
         polls: list[tuple[float, dict[int, int]]] = []
         stop = threading.Event()
@@ -303,7 +306,7 @@ def run_latency(bootstrap: str, prefix: str, traffic: Traffic, work_dir: Path, a
         poller.start()
         try:
             sent: list[Sent] = asyncio.run(send_steady(bootstrap, topics.user_actions, messages[LATENCY_PRIMER:],
-                                                       plan.latency_rate, restamp))
+                                                       plan.latency_rate, restamp, envelope_partitions))
             watch(worker, needed, timeout_s=300)
             time.sleep(VISIBILITY_POLL_SECONDS * 3)  # a poll after the last insert
         finally:

@@ -114,28 +114,36 @@ class Sent:
 
 
 async def send_steady(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float,
-                      restamp) -> list[Sent]:
+                      restamp, envelope_partitions: int | None = None) -> list[Sent]:
     """Send `messages` at `rate` per second, in 10 ms ticks; `restamp(value, now_ms)` gives the bytes to send
-    (event time = send time). Returns where and when each one was sent."""
+    (event time = send time). With `envelope_partitions`, each tick's events go as one UserActionBatch per
+    partition, as the SDK packs each round. Returns where and when each event was sent."""
     from aiokafka import AIOKafkaProducer
+
+    from streams.producer import pack_envelopes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     await producer.start()
     try:
-        futures: list[tuple[float, asyncio.Future]] = []
+        futures: list[tuple[list[float], asyncio.Future]] = []
         started = time.monotonic()
         sent = 0
         while sent < len(messages):
             due = min(len(messages), int((time.monotonic() - started) * rate) + 1)
-            while sent < due:
-                key, value = messages[sent]
-                now = time.time()
-                futures.append((now, await producer.send(topic, restamp(value, int(now * 1000)), key=key)))
-                sent += 1
+            now = time.time()
+            tick = [(key, restamp(value, int(now * 1000)), now) for key, value in messages[sent:due]]
+            if envelope_partitions:
+                for key, value, partition, headers, times in pack_envelopes(tick, envelope_partitions, 900_000):
+                    futures.append((times, await producer.send(topic, value, key=key, partition=partition,
+                                                               headers=headers)))
+            else:
+                for key, value, sent_s in tick:
+                    futures.append(([sent_s], await producer.send(topic, value, key=key)))
+            sent = due
             await asyncio.sleep(0.01)
         results = []
-        for sent_s, future in futures:
+        for times, future in futures:
             metadata = await future
-            results.append(Sent(metadata.partition, metadata.offset, sent_s))
+            results.extend(Sent(metadata.partition, metadata.offset, sent_s) for sent_s in times)
         return results
     finally:
         await producer.stop()

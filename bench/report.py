@@ -56,7 +56,9 @@ def table(results: dict) -> str:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"latency, produce -> queryable in ClickHouse, at {latency['offered_rate']:,.0f} events/s offered "
+    sent_as = ("single messages" if results["plan"].get("envelope", 1) <= 1
+               else "envelopes, each 10 ms tick's events per partition, as the SDK sends")
+    lines.append(f"latency, produce -> queryable in ClickHouse, {sent_as}, at {latency['offered_rate']:,.0f} events/s offered "
                  f"({latency['achieved_rate']:,} achieved) for {latency['seconds']:.0f} s, {latency['seen']:,} events: "
                  f"p50 {latency['p50_ms']:,} ms, p95 {latency['p95_ms']:,} ms, p99 {latency['p99_ms']:,} ms, "
                  f"max {latency['max_ms']:,} ms")

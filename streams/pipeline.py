@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import enrich, validate
@@ -17,7 +16,28 @@ from .contract import DeadLetter, UserAction, is_envelope, partition_for_user
 from .outcome import BatchCounts, Rejected, Source
 from .validate import Limits
 
-RECENT_IDS_PER_PARTITION = 100_000  # duplicates from producer retries arrive close together
+# Duplicates from producer retries arrive close together; older ones are still harmless (rows
+# collapse by event_id in ClickHouse, active-user counts are sets), only counted as delivered.
+RECENT_IDS_PER_GENERATION = 25_000
+
+
+class RecentIds:
+    """The event ids of a partition's recent events, in two generations of sets: remembers the last
+    25k to 50k ids in bounded memory, at the cost of a set lookup or two per event."""
+
+    def __init__(self, generation_size: int = RECENT_IDS_PER_GENERATION) -> None:
+        self.generation_size = generation_size
+        self.current: set[str] = set()
+        self.previous: set[str] = set()
+
+    def seen(self, event_id: str) -> bool:
+        """True when event_id came before (within the window); remembers it otherwise."""
+        if event_id in self.current or event_id in self.previous:
+            return True
+        self.current.add(event_id)
+        if len(self.current) >= self.generation_size:
+            self.previous, self.current = self.current, set()
+        return False
 
 
 @dataclass
@@ -25,17 +45,11 @@ class PartitionState:
     """What one input partition remembers between batches."""
     activity: PartitionActivity
     watermark_ms: int = 0  # newest event time seen in this partition
-    recent_ids: OrderedDict = field(default_factory=OrderedDict)
+    recent_ids: RecentIds = field(default_factory=RecentIds)
     open_sessions: dict = field(default_factory=dict)
 
     def seen(self, event_id: str) -> bool:
-        """True when event_id came before (within the recent window); remembers it otherwise."""
-        if event_id in self.recent_ids:
-            return True
-        self.recent_ids[event_id] = None
-        if len(self.recent_ids) > RECENT_IDS_PER_PARTITION:
-            self.recent_ids.popitem(last=False)
-        return False
+        return self.recent_ids.seen(event_id)
 
 
 @dataclass

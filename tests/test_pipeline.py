@@ -8,7 +8,7 @@ from streams.active_users import PartitionActivity
 from streams.contract import DeadLetter, UserAction
 from streams.enrich import load_mapping
 from streams.outcome import Source
-from streams.pipeline import PartitionState, Stages, partition_for_user, process_batch
+from streams.pipeline import PartitionState, RecentIds, Stages, partition_for_user, process_batch
 from streams.scrub import Scrubber, load_policy
 from streams.validate import DAY_MS, Limits
 
@@ -125,3 +125,11 @@ def test_envelopes_unpack_into_their_actions_and_a_bad_one_is_one_dead_letter():
                          [ENVELOPE_HEADER], source, STAGES, NOW)
     result = process_batch(unpacked, PartitionState(PartitionActivity(3)), STAGES, {}, now_ms=NOW)
     assert [r["event_id"] for r in result.rows] == ["x1"]
+
+
+def test_recent_ids_remember_a_bounded_window():
+    recent = RecentIds(generation_size=100)
+    assert not any(recent.seen(f"e{i}") for i in range(250))
+    assert all(recent.seen(f"e{i}") for i in range(150, 250))  # at least the last generation_size ids
+    assert not recent.seen("e0")  # long gone: memory stays bounded (it is remembered again now)
+    assert len(recent.current) + len(recent.previous) <= 200
