@@ -148,4 +148,4 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
     if state.watermark_ms:
         activity.advance(day_ordinal(state.watermark_ms))
-    return result  # what to persist of the activity: state.activity.take_changed_buckets(), when the caller wants
+    return result  # the caller persists the activity when it cuts a batch: state.activity.take_changed_buckets()

@@ -14,13 +14,11 @@ are parsed and run through the detectors; the detailed pass alone decides what c
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
-import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -603,11 +601,6 @@ _NOT_JSON = object()
 _UNKNOWN = object()
 
 
-@functools.lru_cache(maxsize=8)
-def _getter(fields: tuple[str, ...]) -> Callable[[dict], tuple]:
-    return operator.itemgetter(*fields)
-
-
 class Scrubber:
     """Applies one policy to rows, wire messages, profiles and log text. Not thread-safe (caches)."""
 
@@ -688,12 +681,7 @@ class Scrubber:
 
     def _scrub_record(self, values: dict, text_fields: tuple[str, ...], rules: _Rules, audit: list[str]) -> None:
         get = values.get
-        try:  # rows carry every field, as a string: one C call instead of a loop
-            texts = list(_getter(text_fields)(values))
-            if None in texts:
-                raise KeyError
-        except KeyError:
-            texts = [get(name) or "" for name in text_fields]
+        texts = [get(name) or "" for name in text_fields]
         user = get("user") or ""
         properties = get("properties")
         properties_flagged = False
