@@ -82,6 +82,7 @@ def run_demo(args) -> int:
     data_dir = Path(args.data_dir or ".tally/demo")
     if data_dir.exists() and not args.keep:
         shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     # one pseudonym key shared by the demo's worker and generator (they key messages by it)
     os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))
     settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)

@@ -1,0 +1,26 @@
+"""The main job, `tally demo`, as a user runs it (here against the session's broker, small traffic)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.kafka
+def test_demo_runs_end_to_end_and_its_live_counts_match_clickhouse(bootstrap, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "demo", "--bootstrap", bootstrap, "--data-dir", str(tmp_path / "demo"),
+         "--days", "3", "--users", "40", "--events-per-day", "400"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "active users on" in out and "most frequent actions" in out
+    said = re.search(r"ClickHouse says (\d+) distinct users on (\S+); the live table says (\d+)", out)
+    assert said and said.group(1) == said.group(3) and int(said.group(1)) > 0, out[-2000:]
+    stored = int(re.findall(r"stored\s+([\d,]+)", out)[-1].replace(",", ""))
+    assert stored > 0 and "stopped." in out
