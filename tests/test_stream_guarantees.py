@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 
 from conftest import publish
 from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
-from test_end_to_end import DAY_MS, expected_metrics, make_actions, send, wait_for, wait_for_metrics
+from test_end_to_end import DAY_MS, committed, expected_metrics, make_actions, send, wait_for, wait_for_metrics
 
 pytestmark = pytest.mark.kafka
 
@@ -112,6 +112,35 @@ def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
     wait_for_metrics([second], expected_metrics(actions))
     assert second.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[6000, 6000]]
     second.stop()
+
+
+def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(pipeline_env):
+    """ClickHouse goes away under a running worker (its table is taken away, then given back): the
+    worker retries with backoff, acknowledges nothing it has not stored, and catches up after."""
+    import time
+    actions = make_actions(5000, seed=6, start=dt.date(2026, 9, 7), days=14, users=120)
+    topic = pipeline_env.topics.user_actions
+    worker = pipeline_env.worker().start()
+    send(pipeline_env.bootstrap, topic, actions[:2000])
+    worker.wait_consumed(2000)
+    worker.query("RENAME TABLE user_actions TO user_actions_offline")
+    send(pipeline_env.bootstrap, topic, actions[2000:])
+    wait_for(lambda: any("failed (attempt 3)" in line for line in worker.problems(200)), timeout=60,
+             what="the worker retrying the insert")
+    stats = worker.stats()
+    assert stats["consumed"] == stats["delivered"] == 2000  # nothing counted that is not stored
+    assert committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) <= 2000  # nor acknowledged to Kafka
+    time.sleep(2)
+    assert worker.stats()["consumed"] == 2000  # still holding: backpressure, not skipping
+
+    worker.query("RENAME TABLE user_actions_offline TO user_actions")
+    stats = worker.wait_consumed(5000)
+    assert (stats["delivered"], stats["dead_lettered"]) == (5000, 0)
+    assert worker.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL") == [[5000, 5000]]
+    wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) == 5000, timeout=60,
+             what="offsets committed after the catch-up")
+    wait_for_metrics([worker], expected_metrics(actions))
+    worker.stop()
 
 
 def test_replayed_slice_and_two_workers_count_each_user_once(pipeline_env):
