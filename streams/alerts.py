@@ -200,6 +200,32 @@ def iso_time(epoch_ms: int) -> str:
     return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# ---------------------------------------------------------------- the stream's clock
+
+class StreamClock:
+    """The stream's event time for alerting, from the input partitions' watermarks: the slowest
+    partition that still has data to deliver, since a day is complete only when all of them have
+    passed it. A partition reported idle (caught up, nothing new for a while) stops holding the
+    clock back until it reports progress again; with every partition idle, the newest counts."""
+
+    def __init__(self) -> None:
+        self.watermarks: dict[str, int] = {}
+        self.idle: set[str] = set()
+
+    def advance(self, partition: str, watermark_ms: int) -> None:
+        self.watermarks[partition] = max(watermark_ms, self.watermarks.get(partition, 0))
+        self.idle.discard(partition)
+
+    def mark_idle(self, partition: str) -> None:
+        self.idle.add(partition)
+
+    def now_ms(self) -> int | None:
+        active = [ms for partition, ms in self.watermarks.items() if partition not in self.idle]
+        if active:
+            return min(active)
+        return max(self.watermarks.values(), default=None)
+
+
 # ---------------------------------------------------------------- the engine
 
 class AlertEngine:

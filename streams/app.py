@@ -26,7 +26,7 @@ import faust
 
 from . import clickhouse
 from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
-from .alerts import AlertEngine, load_rules
+from .alerts import AlertEngine, StreamClock, load_rules
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import load_mapping
@@ -98,7 +98,11 @@ class Pipeline:
         self.partition_states: dict[int, PartitionState] = {}
         self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
         self.pending_metrics: dict[str, dict] = {}
-        self.partition_watermarks: dict[str, int] = {}  # input partition -> newest event time, for alerts
+        self.stream_clock = StreamClock()  # the input partitions' event time, for alerts
+        self.newest_event_ms: dict[str, int] = {}  # app -> its newest event time, for alerts
+        self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message
+        self.reported_idle: set[int] = set()
+        self.started = time.monotonic()
         self.pending_alerts: list[Alert] = []
         self.metrics_emitted = 0
         self.stopped = False
@@ -175,6 +179,7 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.partition_states.pop(tp.partition, None)
+                self.reported_idle.discard(tp.partition)  # its next owner reports it
         self._profile_index = None  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
@@ -230,11 +235,37 @@ class Pipeline:
 
     async def _flush_when_due(self) -> None:
         """A batch is cut by time too when no more input comes (a quiet stream, a rebalance or a
-        shutdown waiting for its events to be acked)."""
+        shutdown waiting for its events to be acked); quiet partitions are reported idle."""
         while True:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
+            await self._report_idle_partitions()
+
+    async def _report_idle_partitions(self) -> None:
+        """Input partitions that are caught up and have had nothing new for `idle_partition_seconds`
+        go to the totals agent as idle, so they stop holding back the alerts' clock (the usual
+        idle-source problem of event time). Their next data makes them count again."""
+        if self.pending.events or (self.in_flight is not None and not self.in_flight.done()):
+            return
+        consumer = self.app.consumer
+        quiet_since = time.monotonic() - self.settings.idle_partition_seconds
+        idle = []
+        for tp in consumer.assignment():
+            partition = tp.partition
+            if (tp.topic != self.settings.topics.user_actions or partition in self.reported_idle
+                    or self.last_input.get(partition, self.started) > quiet_since):
+                continue
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            if high is not None and self.consumed_offsets.get(partition, -1) + 1 >= high:
+                idle.append(partition)
+        if idle:
+            partial = {"partitions": {p: {"idle": True} for p in idle}, "counts": []}
+            await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode())
+            self.reported_idle.update(idle)
 
     def _cut_and_flush(self) -> None:
         """Cut the pending batch. Its state changes are snapshotted here, synchronously, before any
@@ -281,6 +312,8 @@ class Pipeline:
             batch.started = time.monotonic()  # a batch's age counts from its first event
         for event in events:
             message = event.message
+            self.last_input[message.partition] = time.monotonic()
+            self.reported_idle.discard(message.partition)
             source = Source(message.topic, message.partition, message.offset, message.key,
                             int((message.timestamp or 0) * 1000))
             items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
@@ -371,7 +404,14 @@ class Pipeline:
             partial = json.loads(event.value)
             progress = partial["partitions"]  # JSON keys: partition numbers as strings
             sends = []
-            now_ms = max(p["watermark_ms"] for p in progress.values())
+            for partition, info in progress.items():
+                if info.get("idle"):
+                    self.stream_clock.mark_idle(partition)
+                    continue
+                self.stream_clock.advance(partition, info["watermark_ms"])
+                for app, ms in info["newest_event_ms"].items():
+                    self.newest_event_ms[app] = max(ms, self.newest_event_ms.get(app, 0))
+            now_ms = max((p["watermark_ms"] for p in progress.values() if not p.get("idle")), default=0)
             for partition, metric, app, day, count in partial["counts"]:
                 partition = str(partition)
                 key = f"{metric}|{app}|{day_iso(day)}"
@@ -385,15 +425,10 @@ class Pipeline:
                 sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
                 self.pending_metrics[key] = entry
                 self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
-            # The stream's event time for alerting is the slowest partition's: a day is complete only
-            # when every partition that has data has passed it (an idle partition holds it back).
-            for partition, info in progress.items():
-                self.partition_watermarks[partition] = max(info["watermark_ms"],
-                                                           self.partition_watermarks.get(partition, 0))
-            low_watermark = min(self.partition_watermarks.values())
-            for info in progress.values():
-                for app, ms in info["newest_event_ms"].items():
-                    self.pending_alerts.extend(self.alerts.on_event_time(app, min(ms, low_watermark)))
+            stream_now = self.stream_clock.now_ms()
+            if stream_now is not None:
+                for app, ms in self.newest_event_ms.items():
+                    self.pending_alerts.extend(self.alerts.on_event_time(app, min(ms, stream_now)))
             await asyncio.gather(*sends)
 
     async def flush_metrics(self) -> None:

@@ -39,6 +39,7 @@ class Settings:
     scrub_policy: Path | None = None  # None = the bundled default policy
     hmac_key: str = field(default="", repr=False)  # keyed pseudonyms; from TALLY_HMAC_KEY
     metric_interval_seconds: float = 1.0  # at most one MetricUpdate per key per interval
+    idle_partition_seconds: float = 30.0  # a caught-up partition quiet this long stops holding back alerts
     alert_rules: Path | None = None
 
     @property

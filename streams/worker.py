@@ -57,6 +57,8 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--app-id", help="Faust app id = Kafka consumer group (default tally)")
     parser.add_argument("--lateness-days", type=int, help="allowed lateness in event-time days (default 3)")
     parser.add_argument("--alert-rules", help="YAML file of alert rules")
+    parser.add_argument("--idle-seconds", type=float,
+                        help="a caught-up input partition quiet this long stops holding back the alerts' clock (30)")
     parser.add_argument("--scrub-policy", help="YAML scrub policy (default: the bundled one)")
     parser.add_argument("--worker-log-level", default="WARNING")
     parser.set_defaults(func=_cli_worker)
@@ -71,6 +73,7 @@ def settings_for_worker(args):
     return settings_from_args(
         args, web_port=args.web_port, partitions=args.partitions, sink_batch_size=args.batch_size,
         sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
+        idle_partition_seconds=args.idle_seconds,
         alert_rules=Path(args.alert_rules) if args.alert_rules else None,
         scrub_policy=Path(args.scrub_policy) if args.scrub_policy else None)
 

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import pytest
 
-from streams.alerts import (DEFAULT_RULES_PATH, AlertEngine, Rule, change_pct, day_of, load_rules,
+from streams.alerts import (DEFAULT_RULES_PATH, AlertEngine, Rule, StreamClock, change_pct, day_of, load_rules,
                             newest_complete_day, parse_rules)
 
 HOUR_MS = 3_600_000
@@ -277,3 +277,18 @@ def test_a_restarted_engine_resolves_what_was_firing_instead_of_firing_again():
     after.day("amundsen", 3, users=12)
     after.day("amundsen", 4, users=12)
     assert states(after.alerts) == [("dau_low", "amundsen", "resolved")]
+
+
+def test_stream_clock_is_the_slowest_partition_that_is_not_idle():
+    clock = StreamClock()
+    assert clock.now_ms() is None
+    clock.advance("0", 1_000)
+    clock.advance("1", 5_000)
+    clock.advance("0", 900)  # a partition's watermark never goes back
+    assert clock.now_ms() == 1_000
+    clock.mark_idle("0")  # caught up and quiet: no longer holds the clock back
+    assert clock.now_ms() == 5_000
+    clock.mark_idle("1")
+    assert clock.now_ms() == 5_000  # all idle: the newest counts
+    clock.advance("0", 2_000)  # data again: it counts again
+    assert clock.now_ms() == 2_000

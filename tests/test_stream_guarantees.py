@@ -143,6 +143,24 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     worker.stop()
 
 
+def test_an_idle_partition_does_not_hold_back_the_alerts_clock(pipeline_env):
+    """One partition's users stop after the first day while the others go on: once that partition is
+    caught up and quiet, the alerts' clock follows the partitions that still have data."""
+    from streams.contract import partition_for_user
+    actions = make_actions(800, seed=9, start=dt.date(2026, 10, 5), days=6, users=40)
+    quiet = partition_for_user(actions[0].user, 4)
+    first_day_end = actions[0].start_epoch_ms - actions[0].start_epoch_ms % DAY_MS + DAY_MS
+    kept = [a for a in actions if partition_for_user(a.user, 4) != quiet or a.start_epoch_ms < first_day_end]
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, kept)
+    worker = pipeline_env.worker("w1", "--idle-seconds", "2").start()
+    worker.wait_consumed(len(kept))
+    newest = max(a.start_epoch_ms for a in kept)
+    assert max(a.start_epoch_ms for a in kept if partition_for_user(a.user, 4) == quiet) < first_day_end < newest
+    wait_for(lambda: worker.stats()["alerts_firing"]["watermark_epoch_ms"] == newest, timeout=60,
+             what="the alerts' clock passing the quiet partition")
+    worker.stop()
+
+
 def test_replayed_slice_and_two_workers_count_each_user_once(pipeline_env):
     actions = make_actions(5000, seed=4, start=dt.date(2026, 7, 6), days=28, users=200)
     topic = pipeline_env.topics.user_actions
