@@ -240,13 +240,16 @@ class Pipeline:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
-            await self._report_idle_partitions()
+            try:
+                await self._report_idle_partitions()
+            except Exception as exc:  # only the alerts' clock waits for the next try: keep cutting batches
+                log.warning("could not report idle partitions: %r", exc)
 
     async def _report_idle_partitions(self) -> None:
         """Input partitions that are caught up and have had nothing new for `idle_partition_seconds`
         go to the totals agent as idle, so they stop holding back the alerts' clock (the usual
         idle-source problem of event time). Their next data makes them count again."""
-        if self.pending.events or (self.in_flight is not None and not self.in_flight.done()):
+        if self.stopped or self.pending.events or (self.in_flight is not None and not self.in_flight.done()):
             return
         consumer = self.app.consumer
         quiet_since = time.monotonic() - self.settings.idle_partition_seconds
