@@ -65,10 +65,11 @@ def test_hot_functions_leave_out_the_idle_event_loop_and_sum_the_pipeline():
 
 @pytest.mark.kafka
 @pytest.mark.clickhouse
-def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, tmp_path):
+@pytest.mark.parametrize("envelope", [1, 50])  # single messages; envelopes, as the SDK sends
+def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, tmp_path, envelope):
     output = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "--quick", "--bootstrap", bootstrap,
-                          "--output", str(output), "--work-dir", str(tmp_path / "work")],
+                          "--envelope", str(envelope), "--output", str(output), "--work-dir", str(tmp_path / "work")],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(output.read_text())
