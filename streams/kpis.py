@@ -47,6 +47,19 @@ IN_APP = "({app:String} = '' OR app = {app:String})"
 IN_RANGE = "ds BETWEEN {since:Date} AND {until:Date}"
 
 
+def _command_usage_sql(per: str, extra_columns: str = "") -> str:
+    """The Datagrok seed's function usage: calls, durations and errors per command, by `per`."""
+    return f"""SELECT {per}, command, event_name, count() AS calls, {extra_columns}
+                  quantileExact(0.5)(duration_ms) AS p50_ms, quantileExact(0.95)(duration_ms) AS p95_ms,
+                  quantileExact(0.99)(duration_ms) AS p99_ms,
+                  countIf(is_error) AS errors, errors * 100 / calls AS error_rate_percent
+           FROM kpi_actions
+           WHERE {IN_APP} AND {IN_RANGE}
+           GROUP BY {per}, command, event_name
+           ORDER BY calls DESC, {per}, command
+           LIMIT {{limit:UInt32}}"""
+
+
 def _limit(default: int) -> dict[str, Param]:
     return {"limit": Param("UInt32", default, "rows to show")}
 
@@ -176,26 +189,10 @@ _KPI_LIST = [
          "days": Param("UInt32", 30, "how many days back from --until")}),
     # ---- Datagrok seed --------------------------------------------------------------
     Kpi("command_usage", "Commands per app: calls, users, duration p50/p95/p99 (ms) and error rate",
-        """SELECT app, command, event_name, count() AS calls, uniqExact(user) AS users,
-                  quantileExact(0.5)(duration_ms) AS p50_ms, quantileExact(0.95)(duration_ms) AS p95_ms,
-                  quantileExact(0.99)(duration_ms) AS p99_ms,
-                  countIf(is_error) AS errors, errors * 100 / calls AS error_rate_percent
-           FROM kpi_actions
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
-           GROUP BY app, command, event_name
-           ORDER BY calls DESC, app, command
-           LIMIT {limit:UInt32}""",
+        _command_usage_sql("app", "uniqExact(user) AS users, "),
         Chart("command", "p95_ms", "bar", series="app"), _limit(50)),
     Kpi("command_usage_by_user", "Commands per user: calls, duration p50/p95/p99 (ms) and error rate",
-        """SELECT user, command, event_name, count() AS calls,
-                  quantileExact(0.5)(duration_ms) AS p50_ms, quantileExact(0.95)(duration_ms) AS p95_ms,
-                  quantileExact(0.99)(duration_ms) AS p99_ms,
-                  countIf(is_error) AS errors, errors * 100 / calls AS error_rate_percent
-           FROM kpi_actions
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
-           GROUP BY user, command, event_name
-           ORDER BY calls DESC, user, command
-           LIMIT {limit:UInt32}""",
+        _command_usage_sql("user"),
         Chart("user", "calls", "bar"), _limit(50)),
     # ---- Amplitude seed -------------------------------------------------------------
     Kpi("retention",
