@@ -66,33 +66,26 @@ def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[i
     return grouped
 
 
-def envelopes(values: list[tuple[bytes, bytes]], size: int) -> list[tuple[bytes, bytes]]:
-    """One partition's messages packed `size` at a time into UserActionBatch envelopes."""
-    from streams.contract import UserAction, UserActionBatch
-    packed = []
-    for start in range(0, len(values), size):
-        chunk = values[start:start + size]
-        batch = UserActionBatch(actions=[UserAction.FromString(value) for _, value in chunk])
-        packed.append((chunk[0][0], batch.SerializeToString()))
-    return packed
-
-
 async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int,
                   envelope: int = 1) -> int:
     """Write every message into `topic` (keyed partitioning, like the SDK), in large batches; with
     `envelope` > 1, that many actions per UserActionBatch message. Returns the messages acked."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.contract import ENVELOPE_HEADER
+    from streams.producer import pack_envelopes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024,
                                 max_request_size=4 * 1024 * 1024)
-    headers = [ENVELOPE_HEADER] if envelope > 1 else None
+    grouped = by_partition(messages, partitions)
+    headers = None
+    if envelope > 1:
+        grouped = defaultdict(list)
+        for key, value, partition, headers, _ in pack_envelopes([(k, v, None) for k, v in messages], partitions,
+                                                                 max_bytes=1024 * 1024, max_actions=envelope):
+            grouped[partition].append((key, value))
     await producer.start()
     try:
         pending = []
-        for partition, values in sorted(by_partition(messages, partitions).items()):
-            if envelope > 1:
-                values = envelopes(values, envelope)
+        for partition, values in sorted(grouped.items()):
             batch = producer.create_batch()
             for key, value in values:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:

@@ -382,8 +382,7 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
     sent after 100 ms), each written to the partition its users' stored ids hash to."""
     from aiokafka import AIOKafkaProducer
 
-    from .contract import ENVELOPE_HEADER
-    from .pipeline import partition_for_user
+    from .contract import ENVELOPE_HEADER, partition_for_user
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10,
                                 max_request_size=4 * 1024 * 1024, max_batch_size=1024 * 1024)
     await producer.start()

@@ -591,12 +591,12 @@ class Tracker:
             await asyncio.sleep(interval)
 
 
-def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, max_bytes: int
-                   ) -> list[tuple[bytes, bytes, int, list, list]]:
+def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, max_bytes: int,
+                   max_actions: int | None = None) -> list[tuple[bytes, bytes, int, list, list]]:
     """(key, UserAction bytes, item) per event -> (key, UserActionBatch bytes, partition, headers, items)
     per Kafka message: each event goes to the partition its key (the user as sent) hashes to, as the
-    default partitioner would put it, in order, at most `max_bytes` per envelope (a bigger event goes
-    alone). The consumer pays its per-message cost once per envelope instead of once per event."""
+    default partitioner would put it, in order, at most `max_bytes` (and `max_actions`) per envelope
+    (a bigger event goes alone). The consumer pays its per-message cost once per envelope."""
     by_partition: dict[int, list] = {}
     for entry in serialized:
         by_partition.setdefault(partition_for_user(entry[0].decode("utf-8", "replace"), partitions), []).append(entry)
@@ -606,7 +606,7 @@ def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, 
         size = 0
         for entry in entries:
             framed = _envelope_entry(entry[1])
-            if chunk and size + len(framed) > max_bytes:
+            if chunk and (size + len(framed) > max_bytes or len(chunk) == max_actions):
                 messages.append(_envelope_message(chunk, partition))
                 chunk, size = [], 0
             chunk.append((entry, framed))
