@@ -11,9 +11,7 @@ data directories. The harness only observes: /stats/ and /query/ over HTTP, CPU 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.broker import free_port
 from streams.config import Settings, Topics
 from streams.demo import stop as stop_process  # SIGTERM, then SIGKILL after a timeout
 
@@ -32,12 +31,6 @@ from .measure import WARM_UP_FRACTION, Progress, measured_window, memory_profile
 
 POLL_SECONDS = 0.2          # how often a throughput run is looked at
 VISIBILITY_POLL_SECONDS = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from streams.broker import free_port
 from streams.contract import UserAction, new_event_id
 from streams.producer import AUTO, Tracker
 
 TARGET_OVERHEAD_US = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _timed(call, calls: int) -> list[int]:
@@ -122,12 +116,12 @@ def run(bootstrap: str | None = None, calls: int = 50_000, events: int = 100_000
     broker = None
     if bootstrap is None:
         from streams.broker import Broker
-        broker = Broker(home=Path(tempfile.mkdtemp(prefix="tally-bench-kafka-")), port=_free_port(),
-                        controller_port=_free_port(), partitions=4)
+        broker = Broker(home=Path(tempfile.mkdtemp(prefix="tally-bench-kafka-")), port=free_port(),
+                        controller_port=free_port(), partitions=4)
         broker.start()
         bootstrap = broker.bootstrap
     try:
-        down = f"127.0.0.1:{_free_port()}"  # nothing listens here
+        down = f"127.0.0.1:{free_port()}"  # nothing listens here
         return {
             "target_overhead_us": TARGET_OVERHEAD_US,
             "broker_down": measure_call_overhead(down, calls),

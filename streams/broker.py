@@ -20,6 +20,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 DEFAULT_JAR_CACHE = Path(os.environ.get("TALLY_KAFKA_JARS", Path.home() / ".cache" / "tally" / "kafka-jars"))
 
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for brokers, workers' web ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 LOG4J2 = """\
 Configuration:
   status: warn

@@ -13,24 +13,19 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from .broker import free_port
+
 SAMPLE_SQL = """
 SELECT app, event_name, count() AS events, uniqExact(user) AS users,
        round(quantile(0.95)(duration_ms)) AS p95_ms, round(avg(has_error) * 100, 1) AS error_pct
 FROM user_actions GROUP BY app, event_name ORDER BY events DESC LIMIT 12
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None, timeout: float = 10.0):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams import clickhouse
-from streams.broker import Broker, create_topics
+from streams.broker import Broker, create_topics, free_port  # noqa: F401 (tests import free_port from here)
 
 TEST_BROKER_PORT = int(os.environ.get("TALLY_TEST_BROKER_PORT", "29092"))
 
@@ -62,7 +62,6 @@ def ch(ch_dsn):
 
 import json as _json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -70,12 +69,6 @@ import urllib.error
 import urllib.request
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WorkerProcess:

@@ -4,14 +4,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from streams.broker import Broker, create_topics
+from streams.broker import Broker, create_topics, free_port
 from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, is_envelope, partition_for_user
 from streams.producer import (REDACTED, EventBuffer, Tracker, action_from_json, action_logging, action_to_json,
                               is_secret_name, pack_envelopes, parse_lines, redact_secrets, to_json)
@@ -57,12 +56,6 @@ def consume_actions(bootstrap: str, topic: str, expected: int) -> list[tuple[byt
     """(record key, action) for every action on the topic, in envelopes or not."""
     records = asyncio.run(_consume(bootstrap, topic, expected))
     return [(r.key, action) for r in records for action in actions_of(r)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- pure helpers ----------------------------------------------------------------------------------
