@@ -315,8 +315,6 @@ class Pipeline:
             batch.started = time.monotonic()  # a batch's age counts from its first event
         for event in events:
             message = event.message
-            self.last_input[message.partition] = time.monotonic()
-            self.reported_idle.discard(message.partition)
             source = Source(message.topic, message.partition, message.offset, message.key,
                             int((message.timestamp or 0) * 1000))
             items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
@@ -328,7 +326,10 @@ class Pipeline:
             offsets[message.partition] = (low, message.offset)
         batch.events.extend(events)
 
-        for partition, messages in by_partition.items():
+        step_time = time.monotonic()
+        for partition, messages in by_partition.items():  # every partition with a message in this step
+            self.last_input[partition] = step_time
+            self.reported_idle.discard(partition)
             state = batch.states[partition] = self.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profile_index())
             batch.rows.extend(result.rows)
