@@ -30,8 +30,11 @@ def user_bucket(user: str) -> int:
     return zlib.crc32(user.encode("utf-8", "surrogatepass")) % USER_BUCKETS
 
 
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
 def day_ordinal(epoch_ms: int) -> int:
-    return dt.date(1970, 1, 1).toordinal() + epoch_ms // 86_400_000
+    return _EPOCH_ORDINAL + epoch_ms // 86_400_000
 
 
 def day_iso(ordinal: int) -> str:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import yaml
 
+from .active_users import ALL_APPS, METRICS
 from .contract import Alert
 
-METRICS = ("dau", "wau", "mau", "calendar_wau")
 THRESHOLD, RELATIVE_CHANGE, NO_DATA = "threshold", "relative_change", "no_data"
 KINDS = (THRESHOLD, RELATIVE_CHANGE, NO_DATA)
 COMPLETE_DAY, LIVE = "complete_day", "live"
 FIRING, RESOLVED = "firing", "resolved"
-ALL_APPS = "*"  # in metric rules: the all-apps total; in no_data rules: every app seen
+# ALL_APPS ("*"): in metric rules, the all-apps total; in no_data rules, every app seen
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000

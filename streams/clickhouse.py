@@ -16,6 +16,12 @@ import clickhouse_connect
 
 log = logging.getLogger(__name__)
 
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An error in one line for a log (drivers wrap ClickHouse errors in several; some have none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
 _embedded: dict[tuple[str, str], object] = {}  # (path, database) -> client, all on one path
 
 
@@ -116,7 +122,7 @@ def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
                 log.warning("ClickHouse at %s is reachable again after %d attempts", redact(dsn), attempt)
             return client
         except Exception as exc:
-            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            message = first_line(exc)
             if dsn.startswith("chdb:"):
                 raise RuntimeError(f"cannot open the embedded ClickHouse at {urlparse(dsn).path}: {message}. "
                                    f"Is another process (a running worker?) using it? Only one process can "

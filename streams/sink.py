@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from google.protobuf.json_format import MessageToDict
 
+from .clickhouse import first_line
 from .contract import DeadLetter, UserAction
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ class RetryPolicy:
 class SinkStats:
     inserts: int = 0
     rows: int = 0
-    failures: int = 0
     insert_seconds: float = 0.0
     last_batch_rows: int = 0
     max_batch_rows: int = 0
@@ -118,8 +118,7 @@ async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what:
         except Exception as exc:
             if policy.max_attempts is not None and attempt >= policy.max_attempts:
                 raise
-            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt,
-                      str(exc).splitlines()[0][:300], backoff)
+            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, first_line(exc), backoff)
             await sleep(backoff)
             backoff = min(backoff * 2, policy.max_backoff_s)
 

@@ -51,10 +51,15 @@ def decode(raw: bytes | UserAction | None, limits: Limits) -> UserAction:
     try:
         action.ParseFromString(raw)
     except DecodeError as exc:
-        # upb reports invalid UTF-8 in string fields as a DecodeError too
-        reason = INVALID_UTF8 if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower() else UNDECODABLE
-        raise Rejected(reason, f"not a tally.v1.UserAction: {exc}") from None
+        raise _undecodable(exc, "UserAction") from None
     return action
+
+
+def _undecodable(exc: DecodeError, message_type: str) -> Rejected:
+    # upb reports invalid UTF-8 in string fields as a DecodeError too
+    text = str(exc).lower()
+    reason = INVALID_UTF8 if "utf-8" in text or "utf8" in text else UNDECODABLE
+    return Rejected(reason, f"not a tally.v1.{message_type}: {exc}")
 
 
 def unpack_envelope(raw: bytes | None, limits: Limits) -> list[UserAction]:
@@ -65,8 +70,7 @@ def unpack_envelope(raw: bytes | None, limits: Limits) -> list[UserAction]:
     try:
         envelope.ParseFromString(raw)
     except DecodeError as exc:
-        reason = INVALID_UTF8 if "utf-8" in str(exc).lower() else UNDECODABLE
-        raise Rejected(reason, f"not a tally.v1.UserActionBatch: {exc}") from None
+        raise _undecodable(exc, "UserActionBatch") from None
     return list(envelope.actions)
 
 

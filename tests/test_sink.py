@@ -33,6 +33,21 @@ def test_retries_with_backoff_until_the_write_succeeds():
     assert sleeps == [0.5, 1.0, 2.0, 2.0]  # doubling, capped
 
 
+def test_an_error_without_a_message_is_retried_too(caplog):
+    errors = iter([TimeoutError()])
+
+    def write():
+        error = next(errors, None)
+        if error:
+            raise error
+
+    async def sleep(_):
+        pass
+
+    assert asyncio.run(write_with_retry(write, RetryPolicy(), "insert", sleep=sleep, run=run_inline)) == 2
+    assert "insert failed (attempt 1): TimeoutError" in caplog.text
+
+
 def test_gives_up_only_when_told_to():
     def write():
         raise ConnectionError("down")
