@@ -495,15 +495,21 @@ class Tracker:
                         wait = min(wait * 2, longest_wait)
                         continue
                     wait = first_wait
-                await self._send(producer, batch)
+                try:
+                    await self._send(producer, batch)
+                except Exception as exc:  # e.g. the topic's metadata never came: keep the events, reconnect
+                    log.warning("tally tracker: sending failed (%r); retrying with the same event ids", exc)
+                    self._buffer.requeue(batch)
+                    await _stop_quietly(producer)
+                    producer = None
+                    await self._sleep_until_woken(wait, idle=False)
+                    wait = min(wait * 2, longest_wait)
+                    continue
                 self._notify_progress()
         finally:
             reporter.cancel()
             if producer is not None:
-                try:
-                    await producer.stop()
-                except Exception:
-                    pass
+                await _stop_quietly(producer)
 
     async def _sleep_until_woken(self, seconds: float, idle: bool = True) -> None:
         if idle:
@@ -520,10 +526,17 @@ class Tracker:
 
     async def _connect(self):
         from aiokafka import AIOKafkaProducer
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, client_id=f"tally-tracker-{self.app}", acks="all",
-            enable_idempotence=True, linger_ms=5, request_timeout_ms=self.options.request_timeout_ms,
-            **self.options.producer_config)
+        settings = {"client_id": f"tally-tracker-{self.app}", "acks": "all", "enable_idempotence": True,
+                    "linger_ms": 5, "request_timeout_ms": self.options.request_timeout_ms,
+                    **self.options.producer_config}
+        try:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **settings)
+        except Exception as exc:  # a setting aiokafka refuses: nothing will be sent until it is fixed
+            if not self._outage_logged:
+                log.error("tally tracker: producer settings refused (%r); buffering up to %d events",
+                          exc, self.options.buffer_size)
+                self._outage_logged = True
+            return None
         try:
             await producer.start()
             if self._outage_logged:
@@ -535,10 +548,7 @@ class Tracker:
                 log.warning("tally tracker: broker %s not reachable (%s); buffering up to %d events",
                             self.bootstrap, type(exc).__name__, self.options.buffer_size)
                 self._outage_logged = True
-            try:
-                await producer.stop()
-            except Exception:
-                pass
+            await _stop_quietly(producer)
             return None
 
     async def _send(self, producer, batch: list) -> None:
@@ -589,6 +599,13 @@ class Tracker:
         while True:
             self._report_drops()
             await asyncio.sleep(interval)
+
+
+async def _stop_quietly(producer) -> None:
+    try:
+        await producer.stop()
+    except Exception:
+        pass
 
 
 def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, max_bytes: int,

@@ -515,3 +515,14 @@ def test_events_buffered_at_exit_are_delivered(bootstrap, new_topic):
     assert done.returncode == 0, done.stderr
     received = consume_actions(bootstrap, topic, expected=5)
     assert sorted(int(action.properties["step"]) for _, action in received) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.kafka
+def test_producer_config_may_override_the_trackers_own_settings(bootstrap, new_topic):
+    topic = new_topic("sdk-config")
+    tracker = Tracker(bootstrap, app="t", topic=topic, scrubber=None, producer_config={"linger_ms": 20, "client_id": "catalog-frontend"})
+    for i in range(5):
+        tracker.track("ping", f"user{i}", n=i)
+    assert tracker.flush(timeout=60)
+    tracker.close()
+    assert len(consume_actions(bootstrap, topic, expected=5)) == 5 and tracker.stats().delivered == 5
