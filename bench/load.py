@@ -72,16 +72,18 @@ async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
     `envelope` > 1, that many actions per UserActionBatch message. Returns the messages acked."""
     from aiokafka import AIOKafkaProducer
 
+    from streams.contract import ENVELOPE_HEADER
     from streams.producer import pack_envelopes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024,
                                 max_request_size=4 * 1024 * 1024)
-    grouped = by_partition(messages, partitions)
-    headers = None
     if envelope > 1:
-        grouped = defaultdict(list)
-        for key, value, partition, headers, _ in pack_envelopes([(k, v, None) for k, v in messages], partitions,
-                                                                 max_bytes=1024 * 1024, max_actions=envelope):
+        headers = [ENVELOPE_HEADER]
+        grouped: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for key, value, partition, _, _ in pack_envelopes([(k, v, None) for k, v in messages], partitions,
+                                                           max_bytes=1024 * 1024, max_actions=envelope):
             grouped[partition].append((key, value))
+    else:
+        headers, grouped = None, by_partition(messages, partitions)
     await producer.start()
     try:
         pending = []

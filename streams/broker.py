@@ -27,26 +27,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-LOG4J2 = """\
-Configuration:
-  status: warn
-  Appenders:
-    File:
-      name: file
-      fileName: "{log}"
-      PatternLayout:
-        pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: INFO
-      AppenderRef:
-        - ref: file
-    Logger:
-      - name: kafka.request.logger
-        level: WARN
-      - name: state.change.logger
-        level: WARN
-"""
 
 LOG4J2_PROPERTIES = """\
 status = warn

@@ -396,8 +396,8 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
         async def send(partition: int) -> None:
             batch = pending.pop(partition)
             opened.pop(partition, None)
-            futures.append((len(batch.actions), await producer.send(
-                topic, batch.SerializeToString(), key=batch.actions[0].user.encode(), partition=partition,
+            futures.append((len(batch.actions), await producer.send(  # keyed like its partition: stored id
+                topic, batch.SerializeToString(), key=key(batch.actions[0].user), partition=partition,
                 headers=[ENVELOPE_HEADER])))
 
         sent = 0
@@ -480,6 +480,7 @@ def _cli_generate(args: argparse.Namespace) -> int:
             yield action
 
     actions = counted(generate_actions(args.seed, start_day, args.days, args.users, args.events_per_day, apps))
+    failed = 0
     if args.jsonl:
         out = sys.stdout if args.jsonl == "-" else open(args.jsonl, "w", encoding="utf-8")
         written = 0
@@ -501,5 +502,5 @@ def _cli_generate(args: argparse.Namespace) -> int:
             json.dump({"seed": args.seed, "start_day": start_day.isoformat(), "days": args.days, "users": args.users,
                        "events_per_day": args.events_per_day, "apps": truth.result()}, f, indent=2)
     print(summary, file=sys.stderr if args.jsonl == "-" else sys.stdout)
-    return 0
+    return 1 if failed else 0
 
