@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from streams.generator import generate_actions, generate_profiles
+from streams.generator import generate_actions, generate_profiles, partition_key
 from streams.pipeline import partition_for_user
 
 DAYS = 28  # four weeks of history: every active-user window has something to count
@@ -33,22 +33,12 @@ def events_per_weekday(events: int, days: int = DAYS) -> int:
     return max(1, int(events / (weekdays + (days - weekdays) * 0.2)) + 1)
 
 
-def stored_user_key():
-    """(user, app) -> Kafka key: the user id as the pipeline stores it (pseudonymised with the scrub policy
-    and TALLY_HMAC_KEY), which is what it partitions by; any other key costs a re-route."""
-    from streams.config import from_env
-    from streams.scrub import Scrubber, load_policy
-    settings = from_env()
-    scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
-    return lambda user, app="": scrubber.scrub_user(user, app).encode()
-
-
 def generate(events: int, seed: int = SEED, users: int = USERS, today: dt.date | None = None) -> Traffic:
     """`events` realistic actions ending before today (UTC), keyed like the SDK keys them, and every
     user's profile."""
     today = today or dt.datetime.now(dt.timezone.utc).date()
     start = today - dt.timedelta(days=DAYS)
-    key = stored_user_key()
+    key = partition_key()
     actions = generate_actions(seed, start, DAYS, users, events_per_weekday(events) + 1)  # +1: rounding never falls short
     messages = [(key(a.user, a.app), a.SerializeToString()) for a in itertools.islice(actions, events)]
     if len(messages) < events:
