@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import operator
 import zlib
 from collections.abc import Iterable
 
@@ -31,6 +32,7 @@ def user_bucket(user: str) -> int:
 
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_by_day = operator.itemgetter(-1)
 
 
 def day_ordinal(epoch_ms: int) -> int:
@@ -115,6 +117,15 @@ class PartitionActivity:
         if days[0] < oldest_kept:
             del days[:bisect.bisect_left(days, oldest_kept)]
         return days
+
+    def add_batch(self, apps: list[str], users: list[str], days: list[int]) -> None:
+        """`add` for each (app, user, day) of a batch, and for every app together (`ALL_APPS`): each
+        distinct one once, oldest day first (a batch repeats the same few users and days)."""
+        distinct = sorted(set(zip(apps, users, days)), key=_by_day)
+        for app, user, day in distinct:
+            self.add(app, user, day)
+        for user, day in sorted({(user, day) for _, user, day in distinct}, key=_by_day):
+            self.add(ALL_APPS, user, day)
 
     def restore(self, user_days: Iterable[tuple[str, str, Iterable[int]]], watermark_day: int) -> None:
         """Rebuild from persisted (app, user, days) after a restart or a rebalance.

@@ -50,13 +50,22 @@ class PendingBatch:
     started: float = 0.0                                      # monotonic time of its first step
     events: list = field(default_factory=list)                # Faust events, acked once durable
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
-    rows: list[dict] = field(default_factory=list)
+    columns: dict[str, list] = field(default_factory=dict)   # the rows for user_actions, column by column
+    row_count: int = 0
     letters: list[DeadLetter] = field(default_factory=list)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)
     states: dict[int, PartitionState] = field(default_factory=dict)  # whose changes to persist
     metric_counts: dict[tuple, int] = field(default_factory=dict)    # (partition, metric, app, day) -> latest
     progress: dict[int, dict] = field(default_factory=dict)          # partition -> watermark etc., latest
     counts: BatchCounts = field(default_factory=BatchCounts)
+
+    def add_rows(self, columns: dict[str, list]) -> None:
+        if not self.columns:
+            self.columns = {name: list(values) for name, values in columns.items()}
+        else:
+            for name, values in columns.items():
+                self.columns[name].extend(values)
+        self.row_count += len(columns["event_id"]) if columns else 0
 
 
 @dataclass
@@ -221,7 +230,7 @@ class Pipeline:
         try:
             async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
                 self.run_stages(events, self.pending)
-                if len(self.pending.rows) >= s.sink_batch_size or self._pending_is_due():
+                if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                     while self.in_flight is not None and not self.in_flight.done():
                         await self.in_flight  # at most one batch in flight: backpressure
                     self._cut_and_flush()
@@ -332,7 +341,7 @@ class Pipeline:
             self.reported_idle.discard(partition)
             state = batch.states[partition] = self.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profile_index())
-            batch.rows.extend(result.rows)
+            batch.add_rows(result.columns)
             batch.letters.extend(result.dead_letters)
             batch.reroutes.extend(result.reroutes)
             batch.counts.add(result.counts)
@@ -354,10 +363,10 @@ class Pipeline:
         for key, value, target in batch.reroutes:
             sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
         token = batch_token(self.settings.topics.user_actions, batch.offsets)
-        rows, letters = batch.rows, batch.letters
+        letters = batch.letters
         await write_with_retry(
-            lambda: self.writer.insert("user_actions", rows, USER_ACTION_COLUMNS, token), self.retry,
-            f"insert of {len(rows)} rows into user_actions")
+            lambda: self.writer.insert_columns("user_actions", batch.columns, USER_ACTION_COLUMNS, token), self.retry,
+            f"insert of {batch.row_count} rows into user_actions")
         if letters:
             letter_rows = [dead_letter_row(letter) for letter in letters]
             await write_with_retry(

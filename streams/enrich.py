@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import itertools
+import operator
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -167,7 +169,16 @@ def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping
     return found
 
 
-# ---- the row -----------------------------------------------------------------------------
+# ---- the rows, column by column ----------------------------------------------------------
+
+Columns = dict  # column name -> one value per row: how a batch of rows travels to the sink
+
+# The wire fields a row copies as they are, read off each action in one C call per action.
+_COPIED_FIELDS = ("event_id", "app", "command", "user", "start_epoch_ms", "end_epoch_ms", "host_name", "session_id",
+                  "pos_args_json", "keyword_args_json", "output", "error", "target_id", "label", "location", "value")
+_read_copied = operator.attrgetter(*_COPIED_FIELDS)
+_read_properties = operator.attrgetter("properties")
+
 
 @functools.lru_cache(maxsize=4096)
 def _day(days_since_epoch: int) -> tuple[dt.date, int]:
@@ -176,74 +187,93 @@ def _day(days_since_epoch: int) -> tuple[dt.date, int]:
     return day, 1 if day.weekday() >= 5 else 0
 
 
+def build_columns(actions: list[UserAction], sources: list[Source], kwargs: list[dict], pos_args: list[list],
+                  mapping: PropertyMapping, ingested_ms: int) -> Columns:
+    """The `user_actions` rows of validated actions (before scrubbing and the profile join), as
+    columns: each derived column is computed in one pass over the batch, mostly in C."""
+    n = len(actions)
+    copied = dict(zip(_COPIED_FIELDS, map(list, zip(*map(_read_copied, actions))))) if n else \
+        {name: [] for name in _COPIED_FIELDS}
+    starts = copied.pop("start_epoch_ms")
+    ends = list(map(max, copied.pop("end_epoch_ms"), starts))  # an end of 0 means "no duration": end = start
+    days, weekends = (list(c) for c in zip(*map(_day, [start // 86_400_000 for start in starts]))) if n else ([], [])
+    # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
+    properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
+    extracted = list(map(extract_properties, actions, kwargs, pos_args, itertools.repeat(mapping), properties))
+    return {
+        **copied,
+        "event_name": list(map(event_name, copied["command"])),
+        "ts": starts,
+        "ds": days,
+        "is_weekend": weekends,
+        "start_epoch_ms": starts,
+        "end_epoch_ms": ends,
+        "duration_ms": list(map(operator.sub, ends, starts)),
+        "has_error": [1 if error else 0 for error in copied["error"]],
+        "target_type": [str(found.get("target_type", "")) for found in extracted],
+        "properties": properties,
+        "search_term": [str(found.get("search_term", "")) for found in extracted],
+        "result_index": [found.get("result_index") for found in extracted],
+        "source": [str(found.get("source", "")) for found in extracted],
+        "resource_key": [str(found.get("resource_key", "")) for found in extracted],
+        "user_email": [""] * n,
+        "user_title": [""] * n,
+        "user_team": [""] * n,
+        "ab_flags": [{}] * n,  # shared and empty: a joined profile replaces it, nothing mutates it
+        "scrubbed_fields": [[] for _ in range(n)],
+        "kafka_partition": [source.partition for source in sources],
+        "kafka_offset": [source.offset for source in sources],
+        "ingested_at": [ingested_ms] * n,
+    }
+
+
+def rows_of(columns: Columns) -> list[dict]:
+    """The same rows, one dict each."""
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
 def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, mapping: PropertyMapping,
            ingested_ms: int) -> dict:
     """One `user_actions` row (before scrubbing and the profile join)."""
-    start = action.start_epoch_ms
-    end = action.end_epoch_ms or start
-    day, is_weekend = _day(start // 86_400_000)
-    properties = dict(action.properties.items()) if action.properties else {}  # dict() of an empty map costs too
-    extracted = extract_properties(action, kwargs, pos_args, mapping, properties)
-    return {
-        "event_id": action.event_id,
-        "app": action.app,
-        "command": action.command,
-        "event_name": event_name(action.command),
-        "user": action.user,
-        "ts": start,
-        "ds": day,
-        "is_weekend": is_weekend,
-        "start_epoch_ms": start,
-        "end_epoch_ms": end,
-        "duration_ms": end - start,
-        "host_name": action.host_name,
-        "session_id": action.session_id,
-        "pos_args_json": action.pos_args_json,
-        "keyword_args_json": action.keyword_args_json,
-        "output": action.output,
-        "error": action.error,
-        "has_error": 1 if action.error else 0,
-        "target_id": action.target_id,
-        "target_type": str(extracted.get("target_type", "")),
-        "label": action.label,
-        "location": action.location,
-        "value": action.value,
-        "properties": properties,
-        "search_term": str(extracted.get("search_term", "")),
-        "result_index": extracted.get("result_index"),
-        "source": str(extracted.get("source", "")),
-        "resource_key": str(extracted.get("resource_key", "")),
-        "user_email": "",
-        "user_title": "",
-        "user_team": "",
-        "ab_flags": {},
-        "scrubbed_fields": [],
-        "kafka_partition": source.partition,
-        "kafka_offset": source.offset,
-        "ingested_at": ingested_ms,
-    }
+    return rows_of(build_columns([action], [source], [kwargs], [pos_args], mapping, ingested_ms))[0]
+
+
+_PROFILE_COLUMNS = ("user_email", "user_title", "user_team", "ab_flags")
+
+
+def _profile_values(profile: dict) -> tuple:
+    """A profile's values for `_PROFILE_COLUMNS`."""
+    return (profile.get("email") or "", profile.get("title") or "", profile.get("team") or "",
+            profile.get("ab_flags") or {})
 
 
 def join_profile(row: dict, profile: dict | None) -> dict:
     """Copy the user's profile (already scrubbed) onto the row: the Amplitude seed's user properties."""
     if profile:
-        row["user_email"] = profile.get("email", "")
-        row["user_title"] = profile.get("title", "")
-        row["user_team"] = profile.get("team", "")
-        row["ab_flags"] = profile.get("ab_flags") or {}
+        row.update(zip(_PROFILE_COLUMNS, _profile_values(profile)))
     return row
 
 
-def assign_session(row: dict, open_sessions: dict[str, tuple[str, int]]) -> dict:
+def join_profiles(columns: Columns, profiles) -> Columns:
+    """`join_profile` for every row of `columns`; `profiles` maps (stored) user -> profile dict."""
+    targets = [columns[name] for name in _PROFILE_COLUMNS]
+    for index, profile in enumerate(map(profiles.get, columns["user"])):
+        if profile:
+            for column, value in zip(targets, _profile_values(profile)):
+                column[index] = value
+    return columns
+
+
+def session_for(user: str, ts: int, session_id: str, open_sessions: dict[str, tuple[str, int]]) -> str:
     """Keep the producer's session id; else continue the user's session, or start one after 30 min idle.
 
     `open_sessions` maps user -> (session_id, last event ms) and is updated here. A derived id is a
     hash of the user and the session's first event time, so a replay derives the same ids.
     """
-    user, ts = row["user"], row["ts"]
-    if row["session_id"]:
-        open_sessions[user] = (row["session_id"], ts)
-        return row
+    if session_id:
+        open_sessions[user] = (session_id, ts)
+        return session_id
     current = open_sessions.get(user)
     if current is not None and 0 <= ts - current[1] <= SESSION_GAP_MS:
         session_id = current[0]
@@ -252,6 +282,17 @@ def assign_session(row: dict, open_sessions: dict[str, tuple[str, int]]) -> dict
         ts = current[1]
     else:
         session_id = "s_" + hashlib.blake2b(f"{user}|{ts}".encode(), digest_size=8).hexdigest()
-    row["session_id"] = session_id
     open_sessions[user] = (session_id, ts)
+    return session_id
+
+
+def assign_session(row: dict, open_sessions: dict[str, tuple[str, int]]) -> dict:
+    row["session_id"] = session_for(row["user"], row["ts"], row["session_id"], open_sessions)
     return row
+
+
+def assign_sessions(columns: Columns, open_sessions: dict[str, tuple[str, int]]) -> Columns:
+    """`assign_session` for every row of `columns`, in order."""
+    columns["session_id"] = list(map(session_for, columns["user"], columns["ts"], columns["session_id"],
+                                     itertools.repeat(open_sessions)))
+    return columns

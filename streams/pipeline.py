@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import enrich, validate
-from .active_users import ALL_APPS, MetricKey, PartitionActivity, day_ordinal
+from .active_users import MetricKey, PartitionActivity, day_ordinal
 from .contract import DeadLetter, UserAction, is_envelope, partition_for_user
 from .outcome import BatchCounts, Rejected, Source
 from .validate import Limits
@@ -54,12 +54,16 @@ class PartitionState:
 
 @dataclass
 class BatchResult:
-    rows: list[dict] = field(default_factory=list)
+    columns: enrich.Columns = field(default_factory=dict)  # the rows for `user_actions`, column by column
     dead_letters: list[DeadLetter] = field(default_factory=list)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
     metric_counts: dict[MetricKey, int] = field(default_factory=dict)          # this partition's changed counts
     newest_event_ms: dict[str, int] = field(default_factory=dict)              # per app
     counts: BatchCounts = field(default_factory=BatchCounts)
+
+    @property
+    def rows(self) -> list[dict]:
+        return enrich.rows_of(self.columns)
 
 
 def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_ms: int
@@ -101,50 +105,63 @@ def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Sour
 def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
                   profiles, now_ms: int | None = None) -> BatchResult:
     """Run one partition's batch through every stage. Each message is raw bytes, or an action already
-    unpacked from an envelope. `profiles` maps (scrubbed) user -> profile dict."""
+    unpacked from an envelope. `profiles` maps (scrubbed) user -> profile dict.
+
+    Admission (validate, route, dedup) goes event by event, against the partition's watermark as
+    each event moves it; the rows are then built, scrubbed and joined a column at a time."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = BatchResult()
     counts = result.counts
-    activity = state.activity
+    limits, scrubber, partitions = stages.limits, stages.scrubber, stages.partitions
+    seen = state.recent_ids.seen
+    watermark = state.watermark_ms
+    actions, sources, kwargs_list, pos_args_list = [], [], [], []
     for raw, source in messages:
         action = None
         try:
-            action = validate.decode(raw, stages.limits)
-            validate.check(action, stages.limits, state.watermark_ms, now_ms)
+            action = validate.decode(raw, limits)
+            validate.check(action, limits, watermark, now_ms)
             kwargs = validate.parse_json_field(action, "keyword_args_json", dict)
             pos_args = validate.parse_json_field(action, "pos_args_json", list)
         except Rejected as rejected:
-            result.dead_letters.append(dead_letter(rejected, raw, source, action, stages.scrubber, now_ms))
+            result.dead_letters.append(dead_letter(rejected, raw, source, action, scrubber, now_ms))
             counts.count_dead_letter(rejected.reason)
             continue
         # Counts are summed over partitions, so a user must live in exactly one of them: the one
         # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
-        stored_user = stages.scrubber.scrub_user(action.user, action.app)
-        expected_partition = partition_for_user(stored_user, stages.partitions)
+        stored_user = scrubber.scrub_user(action.user, action.app)
+        expected_partition = partition_for_user(stored_user, partitions)
         if source.partition != expected_partition:
             value = action.SerializeToString() if isinstance(raw, UserAction) else raw
             result.reroutes.append((stored_user.encode(), value, expected_partition))
             counts.rerouted += 1
             continue
-        if state.seen(action.event_id):
+        if seen(action.event_id):
             counts.duplicates += 1
             continue
-        row = enrich.to_row(action, source, kwargs, pos_args, stages.mapping, now_ms)
-        stages.scrubber.scrub_row(row)
-        enrich.join_profile(row, profiles.get(row["user"]))
-        enrich.assign_session(row, state.open_sessions)
-        result.rows.append(row)
-        counts.delivered += 1
-
+        actions.append(action)
+        sources.append(source)
+        kwargs_list.append(kwargs)
+        pos_args_list.append(pos_args)
         start = action.start_epoch_ms
-        if start > state.watermark_ms:
-            state.watermark_ms = start
-        app = row["app"]
-        if start > result.newest_event_ms.get(app, 0):
-            result.newest_event_ms[app] = start
-        day = day_ordinal(start)
-        activity.add(app, row["user"], day)
-        activity.add(ALL_APPS, row["user"], day)
+        if start > watermark:
+            watermark = start
+    state.watermark_ms = watermark
+    counts.delivered += len(actions)
+
+    columns = enrich.build_columns(actions, sources, kwargs_list, pos_args_list, stages.mapping, now_ms)
+    scrubber.scrub_columns(columns)
+    enrich.join_profiles(columns, profiles)
+    enrich.assign_sessions(columns, state.open_sessions)
+    result.columns = columns
+
+    apps, starts = columns["app"], columns["ts"]
+    newest = result.newest_event_ms
+    for app, start in zip(apps, starts):
+        if start > newest.get(app, 0):
+            newest[app] = start
+    activity = state.activity
+    activity.add_batch(apps, columns["user"], list(map(day_ordinal, starts)))
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
     if state.watermark_ms:
         activity.advance(day_ordinal(state.watermark_ms))

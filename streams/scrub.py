@@ -17,6 +17,7 @@ import bisect
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import re
@@ -638,10 +639,50 @@ class Scrubber:
             audit = row["scrubbed_fields"] = list(audit)
         self._scrub_record(row, ROW_TEXT_FIELDS, self._rules(row.get("app") or ""), audit)
         email = row.get("user_email")
-        if email and not _PSEUDONYM.fullmatch(email):
-            row["user_email"] = self.pseudonym(email)
-            _add(audit, "user_email:hmac:email")
+        if email:
+            row["user_email"] = self._scrub_email(email, audit)
         return row
+
+    def scrub_columns(self, columns: dict[str, list]) -> dict[str, list]:
+        """`scrub_row` for every row of a batch held as columns (the pipeline's path), in place.
+
+        The prefilter searches each text column of the batch at once (a few C-level joins and
+        searches); only the rows it flags take the per-row detailed pass of `scrub_row`."""
+        apps = columns["app"]
+        if self._rules_by_app.keys().isdisjoint(apps):
+            groups = [(self._default_rules, None)]  # every row: no per-app override applies
+        else:
+            by_rules: dict[int, tuple[_Rules, list[int]]] = {}
+            for index, app in enumerate(apps):
+                rules = self._rules(app)
+                by_rules.setdefault(id(rules), (rules, []))[1].append(index)
+            groups = list(by_rules.values())
+        audits = columns["scrubbed_fields"]
+        users = columns["user"]
+        for rules, indexes in groups:
+            def of(column: list) -> list:  # the group's values of a column
+                return column if indexes is None else [column[i] for i in indexes]
+
+            positions = self._flag_rows([of(columns[name]) for name in ROW_TEXT_FIELDS],
+                                        of(columns["properties"]), rules)
+            for name, limit in rules.max_chars:  # too long: the detailed pass truncates
+                values = of(columns[name]) if name in columns else []
+                if values and max(map(len, values)) > limit:
+                    positions.update(i for i, value in enumerate(values) if len(value) > limit)
+            flagged = set(positions) if indexes is None else {indexes[i] for i in positions}
+            for index in flagged:
+                self._scrub_record_at(columns, index, rules)
+            for position, (stored_user, reason) in enumerate(map(self._stored_user, of(users), itertools.repeat(rules))):
+                index = position if indexes is None else indexes[position]
+                if reason and index not in flagged:  # a flagged row's user went through the detailed pass
+                    users[index] = stored_user
+                    _add(audits[index], f"user:hmac:{reason}")
+        emails = columns.get("user_email")
+        if emails and any(emails):
+            for index, email in enumerate(emails):
+                if email:
+                    emails[index] = self._scrub_email(email, audits[index])
+        return columns
 
     def scrub_action(self, action: UserAction) -> list[str]:
         """Scrub a wire message in place (dead letters, the producer SDK); returns the audit entries."""
@@ -686,14 +727,7 @@ class Scrubber:
         properties = get("properties")
         properties_flagged = False
         if properties:
-            # keys come from a small vocabulary: decided once each (cached), only the values are searched
-            key_set = tuple(properties)
-            if key_set not in rules.clean_key_sets:
-                properties_flagged = any(self._key_decision(key, rules) is not None for key in properties)
-                if not properties_flagged:  # only clean sets are kept: no secret-as-key in memory
-                    if len(rules.clean_key_sets) > 10_000:
-                        rules.clean_key_sets.clear()
-                    rules.clean_key_sets.add(key_set)
+            properties_flagged = self._keys_flagged(properties, rules)
             texts.append("\n".join(properties.values()))
         # The fast path: one search over everything; a clean event stops here.
         prefilter = rules.prefilter
@@ -724,6 +758,57 @@ class Scrubber:
             if reason:
                 values["user"] = stored_user
                 _add(audit, f"user:hmac:{reason}")
+
+    def _scrub_record_at(self, columns: dict[str, list], index: int, rules: _Rules) -> None:
+        """The detailed pass on row `index` of `columns`, written back in place."""
+        names = (*ROW_TEXT_FIELDS, "user", "properties", *(name for name, _ in rules.max_chars if name in columns))
+        values = {name: columns[name][index] for name in names}
+        self._scrub_record(values, ROW_TEXT_FIELDS, rules, columns["scrubbed_fields"][index])
+        for name, value in values.items():
+            columns[name][index] = value
+
+    def _flag_rows(self, text_columns: list[list[str]], properties: list[dict], rules: _Rules) -> set[int]:
+        """The rows that any of their texts (or property values, or keys) send to the detailed pass."""
+        flagged: set[int] = set()
+        prefilter = rules.prefilter
+        property_texts = []
+        for index, found in enumerate(properties):
+            if found:
+                if self._keys_flagged(found, rules):
+                    flagged.add(index)
+                property_texts.append("\n".join(found.values()))
+            else:
+                property_texts.append("")
+        for texts in (*text_columns, property_texts):
+            if not any(texts):
+                continue
+            lowered = "\n".join(texts).lower()
+            for quoted_key, blank in rules.kept_json_keys:
+                lowered = lowered.replace(quoted_key, blank)
+            prepared = prefilter.prepare(lowered)
+            hit_at = prefilter.first_hit(prepared, 0)
+            if hit_at >= 0:
+                flagged.update(self._texts_hit(texts, lowered, prepared, hit_at, prefilter))
+        return flagged
+
+    def _keys_flagged(self, properties: dict[str, str], rules: _Rules) -> bool:
+        """Whether a key rule applies to any key of a properties map. Keys come from a small
+        vocabulary: each key set is decided once (only clean sets are kept: no secret-as-key in memory)."""
+        key_set = tuple(properties)
+        if key_set in rules.clean_key_sets:
+            return False
+        if any(self._key_decision(key, rules) is not None for key in properties):
+            return True
+        if len(rules.clean_key_sets) > 10_000:
+            rules.clean_key_sets.clear()
+        rules.clean_key_sets.add(key_set)
+        return False
+
+    def _scrub_email(self, email: str | None, audit: list[str]) -> str | None:
+        if email and not _PSEUDONYM.fullmatch(email):
+            _add(audit, "user_email:hmac:email")
+            return self.pseudonym(email)
+        return email
 
     def _stored_user(self, user: str, rules: _Rules) -> tuple[str, str]:
         """(stored id, reason) for a user id, cached: the same few users send most events."""

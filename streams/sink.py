@@ -85,18 +85,24 @@ class ClickHouseWriter:
         self.stats = SinkStats()
 
     def insert(self, table: str, rows: list[dict], columns: tuple[str, ...], dedup_token: str) -> None:
+        if rows:
+            self.insert_columns(table, dict(zip(columns, to_columns(rows, columns))), columns, dedup_token)
+
+    def insert_columns(self, table: str, data: dict[str, list], columns: tuple[str, ...], dedup_token: str) -> None:
+        """Insert rows held as columns (name -> one value per row); `columns` names what to write."""
+        values = [data[name] for name in columns]
+        rows = len(values[0]) if values else 0
         if not rows:
             return
-        data = to_columns(rows, columns)
         started = time.perf_counter()
         with self.lock:
-            self.client.insert(table, data, column_names=list(columns), column_oriented=True,
+            self.client.insert(table, values, column_names=list(columns), column_oriented=True,
                                settings={"insert_deduplication_token": dedup_token})
         self.stats.insert_seconds += time.perf_counter() - started
         self.stats.inserts += 1
-        self.stats.rows += len(rows)
-        self.stats.last_batch_rows = len(rows)
-        self.stats.max_batch_rows = max(self.stats.max_batch_rows, len(rows))
+        self.stats.rows += rows
+        self.stats.last_batch_rows = rows
+        self.stats.max_batch_rows = max(self.stats.max_batch_rows, rows)
 
 
 async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what: str,

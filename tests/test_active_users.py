@@ -55,6 +55,27 @@ def test_incremental_counts_equal_brute_force(partitions, seed):
     assert run(triples, partitions, lateness=60, shuffle_seed=seed) == exact_counts(triples)
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 500])
+def test_batches_of_a_stream_publish_the_exact_counts(batch_size):
+    """As the pipeline feeds it: batches of a stream in event-time order with up to 3 days of
+    lateness, each batch added at once, its changed counts published, then the watermark advanced.
+    The last published value of every window equals the brute-force distinct count."""
+    rnd = random.Random(batch_size)
+    triples = []
+    for day in range(D0, D0 + 45):
+        for _ in range(60):
+            late = rnd.choice([0, 0, 0, 1, 3])
+            triples.append((rnd.choice(["cat", "bi"]), f"u{rnd.randrange(80)}", max(D0, day - late)))
+    activity = PartitionActivity(lateness_days=3)
+    published = {}
+    for start in range(0, len(triples), batch_size):
+        batch = triples[start:start + batch_size]
+        activity.add_batch(*(list(column) for column in zip(*batch)))
+        published.update(activity.take_dirty())
+        activity.advance(max(day for _, _, day in triples[:start + batch_size]))
+    assert {key: n for key, n in published.items() if n} == exact_counts(triples)
+
+
 def test_redelivery_never_counts_twice():
     triples = [("cat", f"u{i % 7}", D0 + i % 5) for i in range(50)]
     assert run(triples + triples[:20]) == exact_counts(triples)
