@@ -324,8 +324,7 @@ class Pipeline:
             batch.started = time.monotonic()  # a batch's age counts from its first event
         for event in events:
             message = event.message
-            source = Source(message.topic, message.partition, message.offset, message.key,
-                            int((message.timestamp or 0) * 1000))
+            source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
             items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
             by_partition[message.partition].extend(items)
             if bad_envelope is not None:

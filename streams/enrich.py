@@ -20,6 +20,7 @@ import yaml
 
 from .contract import UserAction
 from .outcome import Source
+from .validate import read_fields
 
 SESSION_GAP_MS = 30 * 60_000
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
@@ -59,16 +60,29 @@ class PropertyMapping:
     per_app: dict[str, dict[str, tuple[tuple[str, tuple[str, ...]], ...]]]
     target_type_from_command: tuple[tuple[str, str], ...]
     _plans: dict = field(default_factory=dict, compare=False, repr=False)
+    _target_types: dict = field(default_factory=dict, compare=False, repr=False)
 
     def for_app(self, app: str) -> dict:
         columns = self.per_app.get(app)
         return self.default if columns is None else columns
 
     def lookup_plan(self, app: str) -> "_LookupPlan":
-        plan = self._plans.get(app)
+        key = app if app in self.per_app else None  # None: the default plan, shared by every other app
+        plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[app] = _lookup_plan(self.for_app(app))
+            plan = self._plans[key] = _lookup_plan(self.for_app(app))
         return plan
+
+    def target_type_for(self, command: str) -> str:
+        """The target type the first `target_type_from_command` pattern found in the command names ("" if none)."""
+        target_type = self._target_types.get(command)
+        if target_type is None:
+            lowered = command.lower()
+            target_type = next((t for pattern, t in self.target_type_from_command if pattern in lowered), "")
+            if len(self._target_types) > 10_000:
+                self._target_types.clear()
+            self._target_types[command] = target_type
+        return target_type
 
 
 @dataclass(frozen=True)
@@ -121,24 +135,27 @@ def load_mapping(path: str | Path | None = None) -> PropertyMapping:
 
 def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping,
                        properties: dict | None = None) -> dict:
-    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type).
-    `properties` is the action's properties map as a dict, when the caller has made one already.
-
-    Looks up only the keys the action has (a handful) rather than every source of every column."""
+    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type)
+    that a source gives. `properties` is the action's properties map as a dict, when the caller has
+    made one already."""
     if properties is None:
         properties = dict(action.properties.items()) if action.properties else {}
-    plan = mapping.lookup_plan(action.app)
+    found = _extract(mapping.lookup_plan(action.app), action, kwargs, pos_args, properties)
+    if "target_type" not in found:
+        target_type = mapping.target_type_for(action.command)
+        if target_type:
+            found["target_type"] = target_type
+    return found
+
+
+def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: list, properties: dict) -> dict:
+    """The columns the plan's sources give: looks up only the keys the action has (a handful) rather
+    than every source of every column."""
     best: dict[str, tuple[int, object]] = {}  # column -> (rank, value) of its best source so far
-    for present, feeds in ((kwargs, plan.by_kwarg), (properties, plan.by_property)):
-        if not present:
-            continue
-        for key in present.keys() & feeds.keys():
-            value = present[key]
-            if value is None or value == "":
-                continue
-            for rank, column in feeds[key]:
-                if column not in best or rank < best[column][0]:
-                    best[column] = (rank, value)
+    if kwargs:
+        _take_present(kwargs, plan.by_kwarg, best)
+    if properties:
+        _take_present(properties, plan.by_property, best)
     for rank, column, kind, path in plan.others:
         if column in best and best[column][0] < rank:
             continue
@@ -154,29 +171,31 @@ def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping
         if value is not None and value != "":
             best[column] = (rank, value)
     found = {column: value for column, (_, value) in best.items()}
-    index = found.get("result_index")
-    if index is not None:
+    if "result_index" in found:
         try:
-            found["result_index"] = int(index)
+            found["result_index"] = int(found["result_index"])
         except (TypeError, ValueError):
             found["result_index"] = None
-    if "target_type" not in found:
-        command = action.command.lower()
-        for pattern, target_type in mapping.target_type_from_command:
-            if pattern in command:
-                found["target_type"] = target_type
-                break
     return found
+
+
+def _take_present(present: dict, feeds: dict, best: dict) -> None:
+    for key in present.keys() & feeds.keys():
+        value = present[key]
+        if value is None or value == "":
+            continue
+        for rank, column in feeds[key]:
+            if column not in best or rank < best[column][0]:
+                best[column] = (rank, value)
 
 
 # ---- the rows, column by column ----------------------------------------------------------
 
 Columns = dict  # column name -> one value per row: how a batch of rows travels to the sink
 
-# The wire fields a row copies as they are, read off each action in one C call per action.
-_COPIED_FIELDS = ("event_id", "app", "command", "user", "start_epoch_ms", "end_epoch_ms", "host_name", "session_id",
-                  "pos_args_json", "keyword_args_json", "output", "error", "target_id", "label", "location", "value")
-_read_copied = operator.attrgetter(*_COPIED_FIELDS)
+# The wire fields a row copies as they are.
+_COPIED_FIELDS = ("event_id", "app", "command", "user", "host_name", "session_id", "pos_args_json",
+                  "keyword_args_json", "output", "error", "target_id", "label", "location", "value")
 _read_properties = operator.attrgetter("properties")
 
 
@@ -187,19 +206,19 @@ def _day(days_since_epoch: int) -> tuple[dt.date, int]:
     return day, 1 if day.weekday() >= 5 else 0
 
 
-def build_columns(actions: list[UserAction], sources: list[Source], kwargs: list[dict], pos_args: list[list],
-                  mapping: PropertyMapping, ingested_ms: int) -> Columns:
+def build_columns(fields: dict[str, list], actions: list[UserAction], sources: list[Source], kwargs: list[dict],
+                  pos_args: list[list], mapping: PropertyMapping, ingested_ms: int) -> Columns:
     """The `user_actions` rows of validated actions (before scrubbing and the profile join), as
-    columns: each derived column is computed in one pass over the batch, mostly in C."""
+    columns: each derived column is computed in one pass over the batch, mostly in C. `fields` are
+    the actions' wire fields as columns (`validate.read_fields`)."""
     n = len(actions)
-    copied = dict(zip(_COPIED_FIELDS, map(list, zip(*map(_read_copied, actions))))) if n else \
-        {name: [] for name in _COPIED_FIELDS}
-    starts = copied.pop("start_epoch_ms")
-    ends = list(map(max, copied.pop("end_epoch_ms"), starts))  # an end of 0 means "no duration": end = start
+    copied = {name: fields[name] for name in _COPIED_FIELDS}
+    starts = fields["start_epoch_ms"]
+    ends = list(map(max, fields["end_epoch_ms"], starts))  # an end of 0 means "no duration": end = start
     days, weekends = (list(c) for c in zip(*map(_day, [start // 86_400_000 for start in starts]))) if n else ([], [])
     # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
     properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
-    extracted = list(map(extract_properties, actions, kwargs, pos_args, itertools.repeat(mapping), properties))
+    extracted = list(map(_extract, map(mapping.lookup_plan, copied["app"]), actions, kwargs, pos_args, properties))
     return {
         **copied,
         "event_name": list(map(event_name, copied["command"])),
@@ -210,7 +229,8 @@ def build_columns(actions: list[UserAction], sources: list[Source], kwargs: list
         "end_epoch_ms": ends,
         "duration_ms": list(map(operator.sub, ends, starts)),
         "has_error": [1 if error else 0 for error in copied["error"]],
-        "target_type": [str(found.get("target_type", "")) for found in extracted],
+        "target_type": [str(found["target_type"]) if "target_type" in found else mapping.target_type_for(command)
+                        for found, command in zip(extracted, copied["command"])],
         "properties": properties,
         "search_term": [str(found.get("search_term", "")) for found in extracted],
         "result_index": [found.get("result_index") for found in extracted],
@@ -236,7 +256,8 @@ def rows_of(columns: Columns) -> list[dict]:
 def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, mapping: PropertyMapping,
            ingested_ms: int) -> dict:
     """One `user_actions` row (before scrubbing and the profile join)."""
-    return rows_of(build_columns([action], [source], [kwargs], [pos_args], mapping, ingested_ms))[0]
+    actions = [action]
+    return rows_of(build_columns(read_fields(actions), actions, [source], [kwargs], [pos_args], mapping, ingested_ms))[0]
 
 
 _PROFILE_COLUMNS = ("user_email", "user_title", "user_team", "ab_flags")

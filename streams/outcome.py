@@ -38,8 +38,7 @@ class Source(NamedTuple):
     topic: str
     partition: int
     offset: int
-    key: bytes | None = None
-    timestamp_ms: int = 0
+    size: int = 0  # bytes of the Kafka message (an envelope's, for an action unpacked from one); 0: unknown
 
 
 @dataclass

@@ -7,6 +7,7 @@ tests and benchmarks run it on plain lists.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from .validate import Limits
 # Duplicates from producer retries arrive close together; older ones are still harmless (rows
 # collapse by event_id in ClickHouse, active-user counts are sets), only counted as delivered.
 RECENT_IDS_PER_GENERATION = 25_000
+ROUTES_CACHED = 200_000
 
 
 class RecentIds:
@@ -85,6 +87,19 @@ class Stages:
     mapping: enrich.PropertyMapping
     scrubber: object  # streams.scrub.Scrubber
     partitions: int
+    _routes: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def route(self, user: str, app: str) -> tuple[str, int]:
+        """(stored user id, the input partition it belongs to) for a user of an app; cached."""
+        key = (user, app)
+        found = self._routes.get(key)
+        if found is None:
+            stored = self.scrubber.scrub_user(user, app)
+            found = (stored, partition_for_user(stored, self.partitions))
+            if len(self._routes) >= ROUTES_CACHED:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
 
 
 def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Source, action: UserAction | None,
@@ -112,44 +127,63 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = BatchResult()
     counts = result.counts
-    limits, scrubber, partitions = stages.limits, stages.scrubber, stages.partitions
-    seen = state.recent_ids.seen
-    watermark = state.watermark_ms
-    actions, sources, kwargs_list, pos_args_list = [], [], [], []
+    limits, scrubber = stages.limits, stages.scrubber
+
+    decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
     for raw, source in messages:
-        action = None
         try:
-            action = validate.decode(raw, limits)
-            validate.check(action, limits, watermark, now_ms)
-            kwargs = validate.parse_json_field(action, "keyword_args_json", dict)
-            pos_args = validate.parse_json_field(action, "pos_args_json", list)
+            decoded.append((validate.decode(raw, limits), raw, source))
+        except Rejected as rejected:
+            result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms))
+            counts.count_dead_letter(rejected.reason)
+    # serialized sizes, or the size of the envelope an action came in when that is small enough
+    sizes = [len(raw) if raw is not action else
+             source.size if 0 < source.size <= limits.max_field_bytes else action.ByteSize()
+             for action, raw, source in decoded]
+    fields = validate.read_fields([action for action, _, _ in decoded])
+    suspects = validate.suspects(fields, sizes, limits, now_ms)
+
+    seen = state.recent_ids.seen
+    route = stages.route
+    watermark = state.watermark_ms
+    lateness = limits.allowed_lateness_ms
+    kept, kwargs_list, pos_args_list = [], [], []
+    for index, (action, raw, source), start, user, app, event_id, kwargs_text, pos_args_text in zip(
+            itertools.count(), decoded, fields["start_epoch_ms"], fields["user"], fields["app"], fields["event_id"],
+            fields["keyword_args_json"], fields["pos_args_json"]):
+        try:
+            if index in suspects or (watermark and start < watermark - lateness):
+                validate.check(action, limits, watermark, now_ms, sizes[index])
+            kwargs = validate.parse_json(kwargs_text, "keyword_args_json", dict)
+            pos_args = validate.parse_json(pos_args_text, "pos_args_json", list)
         except Rejected as rejected:
             result.dead_letters.append(dead_letter(rejected, raw, source, action, scrubber, now_ms))
             counts.count_dead_letter(rejected.reason)
             continue
         # Counts are summed over partitions, so a user must live in exactly one of them: the one
         # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
-        stored_user = scrubber.scrub_user(action.user, action.app)
-        expected_partition = partition_for_user(stored_user, partitions)
+        stored_user, expected_partition = route(user, app)
         if source.partition != expected_partition:
-            value = action.SerializeToString() if isinstance(raw, UserAction) else raw
+            value = action.SerializeToString() if raw is action else raw
             result.reroutes.append((stored_user.encode(), value, expected_partition))
             counts.rerouted += 1
             continue
-        if seen(action.event_id):
+        if seen(event_id):
             counts.duplicates += 1
             continue
-        actions.append(action)
-        sources.append(source)
+        kept.append(index)
         kwargs_list.append(kwargs)
         pos_args_list.append(pos_args)
-        start = action.start_epoch_ms
         if start > watermark:
             watermark = start
     state.watermark_ms = watermark
-    counts.delivered += len(actions)
+    counts.delivered += len(kept)
 
-    columns = enrich.build_columns(actions, sources, kwargs_list, pos_args_list, stages.mapping, now_ms)
+    if len(kept) < len(decoded):
+        fields = {name: [column[index] for index in kept] for name, column in fields.items()}
+        decoded = [decoded[index] for index in kept]
+    columns = enrich.build_columns(fields, [action for action, _, _ in decoded], [source for _, _, source in decoded],
+                                   kwargs_list, pos_args_list, stages.mapping, now_ms)
     scrubber.scrub_columns(columns)
     enrich.join_profiles(columns, profiles)
     enrich.assign_sessions(columns, state.open_sessions)

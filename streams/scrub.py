@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +529,7 @@ class _Rules:
     key_cache: dict[str, KeyRule | None] = field(default_factory=dict)
     key_decisions: dict[str, KeyRule | str | None] = field(default_factory=dict)
     clean_key_sets: set[tuple[str, ...]] = field(default_factory=set)  # property key sets no rule touches
+    stored_users: dict[str, tuple[str, str]] = field(default_factory=dict)  # user id -> (stored id, reason)
 
     def rule_for_key(self, key: str) -> KeyRule | None:
         try:
@@ -599,6 +601,14 @@ def _compile_rules(policy: ScrubPolicy, override: AppOverride | None) -> _Rules:
 
 _Hit = tuple[str, str]  # (action, rule)
 _NOT_JSON = object()
+
+
+def _picker(indexes: list[int]) -> Callable[[list], tuple]:
+    """A function that picks the values at `indexes` out of a column, in C."""
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda column: (column[index],)
+    return operator.itemgetter(*indexes)
 _UNKNOWN = object()
 
 
@@ -611,7 +621,6 @@ class Scrubber:
         self._default_rules = _compile_rules(policy, None)
         self._rules_by_app = {app: _compile_rules(policy, override) for app, override in policy.apps.items()}
         self._pseudonyms: dict[str, str] = {}
-        self._users: dict[tuple[int, str], tuple[str, str]] = {}
 
     # ---- public API
 
@@ -648,32 +657,23 @@ class Scrubber:
 
         The prefilter searches each text column of the batch at once (a few C-level joins and
         searches); only the rows it flags take the per-row detailed pass of `scrub_row`."""
-        apps = columns["app"]
-        if self._rules_by_app.keys().isdisjoint(apps):
-            groups = [(self._default_rules, None)]  # every row: no per-app override applies
-        else:
-            by_rules: dict[int, tuple[_Rules, list[int]]] = {}
-            for index, app in enumerate(apps):
-                rules = self._rules(app)
-                by_rules.setdefault(id(rules), (rules, []))[1].append(index)
-            groups = list(by_rules.values())
         audits = columns["scrubbed_fields"]
         users = columns["user"]
-        for rules, indexes in groups:
-            def of(column: list) -> list:  # the group's values of a column
-                return column if indexes is None else [column[i] for i in indexes]
-
+        for rules, indexes in self._groups_by_rules(columns["app"]):
+            # the group's values of a column: the column itself, or picked out in C
+            of = (lambda column: column) if indexes is None else _picker(indexes)
             positions = self._flag_rows([of(columns[name]) for name in ROW_TEXT_FIELDS],
                                         of(columns["properties"]), rules)
             for name, limit in rules.max_chars:  # too long: the detailed pass truncates
-                values = of(columns[name]) if name in columns else []
+                values = of(columns[name]) if name in columns else ()
                 if values and max(map(len, values)) > limit:
                     positions.update(i for i, value in enumerate(values) if len(value) > limit)
-            flagged = set(positions) if indexes is None else {indexes[i] for i in positions}
+            flagged = positions if indexes is None else {indexes[i] for i in positions}
             for index in flagged:
                 self._scrub_record_at(columns, index, rules)
-            for position, (stored_user, reason) in enumerate(map(self._stored_user, of(users), itertools.repeat(rules))):
-                index = position if indexes is None else indexes[position]
+            known = rules.stored_users.get
+            stored = [known(user) or self._stored_user(user, rules) for user in of(users)]
+            for index, (stored_user, reason) in zip(indexes or range(len(users)), stored):
                 if reason and index not in flagged:  # a flagged row's user went through the detailed pass
                     users[index] = stored_user
                     _add(audits[index], f"user:hmac:{reason}")
@@ -759,6 +759,20 @@ class Scrubber:
                 values["user"] = stored_user
                 _add(audit, f"user:hmac:{reason}")
 
+    def _groups_by_rules(self, apps: list[str]) -> list[tuple[_Rules, list[int] | None]]:
+        """The rows of a batch grouped by the rules that apply to them (an app's override or the
+        default); None for "every row"."""
+        if self._rules_by_app.keys().isdisjoint(apps):
+            return [(self._default_rules, None)]
+        groups: dict[int, tuple[_Rules, list[int]]] = {}
+        append_to = {}  # app -> the append of its group's index list
+        for app in set(apps):
+            rules = self._rules(app)
+            append_to[app] = groups.setdefault(id(rules), (rules, []))[1].append
+        for index, app in enumerate(apps):
+            append_to[app](index)
+        return list(groups.values())
+
     def _scrub_record_at(self, columns: dict[str, list], index: int, rules: _Rules) -> None:
         """The detailed pass on row `index` of `columns`, written back in place."""
         names = (*ROW_TEXT_FIELDS, "user", "properties", *(name for name, _ in rules.max_chars if name in columns))
@@ -812,16 +826,15 @@ class Scrubber:
 
     def _stored_user(self, user: str, rules: _Rules) -> tuple[str, str]:
         """(stored id, reason) for a user id, cached: the same few users send most events."""
-        key = (id(rules), user)
-        cached = self._users.get(key)
+        cached = rules.stored_users.get(user)
         if cached is None:
             if self.policy.pseudonymize_users or rules.prefilter.hits(user.lower()):
                 cached = self._user_value(user, rules)
             else:
                 cached = (user, "")
-            if len(self._users) >= _PSEUDONYM_CACHE_SIZE:
-                self._users.clear()
-            self._users[key] = cached
+            if len(rules.stored_users) >= _PSEUDONYM_CACHE_SIZE:
+                rules.stored_users.clear()
+            rules.stored_users[user] = cached
         return cached
 
     @staticmethod
@@ -830,11 +843,8 @@ class Scrubber:
         """Indexes of the texts the prefilter hits, given its first hit in all of them joined."""
         if not lowered.isascii():  # offsets no longer line up with the texts: look at each one
             return [i for i, text in enumerate(texts) if text and prefilter.hits(text.lower())]
-        starts = []
-        offset = 0
-        for text in texts:
-            starts.append(offset)
-            offset += len(text) + 1
+        # where each text starts in the joined string: the lengths before it, plus one separator each
+        starts = list(map(operator.add, itertools.accumulate(map(len, texts), initial=0), itertools.count()))
         hit_indexes = []
         while hit_at >= 0:
             if lowered[hit_at] == "\n":  # a key-start hint matched the separator before its text

@@ -59,3 +59,40 @@ CASES = [
 @pytest.mark.parametrize("name,raw,watermark,expected", CASES, ids=[c[0] for c in CASES])
 def test_reason(name, raw, watermark, expected):
     assert reason_of(raw, watermark) == expected
+
+
+def _decodable(raw) -> bool:
+    try:
+        decode(raw, LIMITS)
+    except Rejected:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("enveloped", [False, True], ids=["message", "enveloped"])
+@pytest.mark.parametrize("name,raw,watermark,expected", CASES, ids=[c[0] for c in CASES])
+def test_a_batch_gives_each_message_the_reason_it_gets_alone(name, raw, watermark, expected, enveloped):
+    """The pipeline judges a batch column-wide before it looks at single messages: a bad message
+    must still get its own reason, and good neighbours in the same batch must still pass."""
+    from streams.active_users import PartitionActivity
+    from streams.enrich import load_mapping
+    from streams.outcome import Source
+    from streams.pipeline import PartitionState, Stages, process_batch
+    from streams.scrub import Scrubber, load_policy
+
+    if enveloped and not _decodable(raw):
+        pytest.skip("not a message an envelope can carry")
+    neighbours = [] if watermark else [good(event_id="before"), good(event_id="after")]
+    batch = [neighbours[0]] if neighbours else []
+    batch.append(UserAction.FromString(raw) if enveloped else raw)
+    batch.extend(neighbours[1:])
+    size = sum(len(m) if isinstance(m, bytes) else m.ByteSize() for m in batch if m is not None)
+    items = [(m.SerializeToString() if isinstance(m, UserAction) and not enveloped else m,
+              Source("user-actions", 0, offset, size if enveloped else 0)) for offset, m in enumerate(batch)]
+    state = PartitionState(PartitionActivity(3), watermark_ms=watermark)
+    stages = Stages(LIMITS, load_mapping(), Scrubber(load_policy(hmac_key="k")), partitions=1)
+    result = process_batch(items, state, stages, {}, now_ms=NOW)
+
+    assert [letter.reason for letter in result.dead_letters] == ([expected] if expected else [])
+    kept = ["e1"] if expected is None else []
+    assert result.columns["event_id"] == (["before", *kept, "after"] if neighbours else kept)
