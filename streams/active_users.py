@@ -33,6 +33,7 @@ def user_bucket(user: str) -> int:
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _by_day = operator.itemgetter(-1)
+_WINDOW_WIDTHS = tuple(WINDOWS.items())
 
 
 def day_ordinal(epoch_ms: int) -> int:
@@ -66,11 +67,8 @@ class PartitionActivity:
         self.watermark_day = 0
         self.buckets: dict[int, set[tuple[str, str]]] = {}  # bucket -> its (app, user) keys
         self.changed_buckets: set[int] = set()
-
-    @property
-    def retention_days(self) -> int:
-        """Days a user's activity must be kept: the longest window plus the allowed lateness."""
-        return max(WINDOWS.values()) + self.lateness_days
+        # days a user's activity must be kept: the longest window plus the allowed lateness
+        self.retention_days = max(WINDOWS.values()) + lateness_days
 
     def _count(self, days: list[int], index: int, app: str) -> None:
         """Count days[index] in every window it newly makes the user active in.
@@ -81,15 +79,16 @@ class PartitionActivity:
         previous = days[index - 1] if index > 0 else -10**9
         following = days[index + 1] if index + 1 < len(days) else 10**9
         counts, dirty = self.counts, self.dirty
-        for metric, width in WINDOWS.items():
+        get = counts.get
+        for metric, width in _WINDOW_WIDTHS:
             for end in range(max(day, previous + width), min(day + width - 1, following - 1) + 1):
                 key = (metric, app, end)
-                counts[key] = counts.get(key, 0) + 1
+                counts[key] = get(key, 0) + 1
                 dirty.add(key)
-        monday = day - dt.date.fromordinal(day).weekday()
+        monday = day - (day - 1) % 7  # day ordinal 1 (0001-01-01) was a Monday
         if previous < monday and following > monday + 6:
             key = (CALENDAR_WAU, app, monday)
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = get(key, 0) + 1
             dirty.add(key)
 
     def add(self, app: str, user: str, day: int) -> list[int] | None:

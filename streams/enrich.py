@@ -170,7 +170,8 @@ def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: li
             value = pos_args[index] if index < len(pos_args) else None
         if value is not None and value != "":
             best[column] = (rank, value)
-    found = {column: value for column, (_, value) in best.items()}
+    found = {column: value if type(value) is str or column == "result_index" else str(value)  # noqa: E721
+             for column, (_, value) in best.items()}
     if "result_index" in found:
         try:
             found["result_index"] = int(found["result_index"])
@@ -197,6 +198,8 @@ Columns = dict  # column name -> one value per row: how a batch of rows travels 
 _COPIED_FIELDS = ("event_id", "app", "command", "user", "host_name", "session_id", "pos_args_json",
                   "keyword_args_json", "output", "error", "target_id", "label", "location", "value")
 _read_properties = operator.attrgetter("properties")
+# a KPI column's value out of what `_extract` found ("" when nothing, None for result_index), in C
+_TAKE = {column: operator.methodcaller("get", column, None if column == "result_index" else "") for column in KPI_COLUMNS}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,13 +232,13 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
         "end_epoch_ms": ends,
         "duration_ms": list(map(operator.sub, ends, starts)),
         "has_error": [1 if error else 0 for error in copied["error"]],
-        "target_type": [str(found["target_type"]) if "target_type" in found else mapping.target_type_for(command)
+        "target_type": [found["target_type"] if "target_type" in found else mapping.target_type_for(command)
                         for found, command in zip(extracted, copied["command"])],
         "properties": properties,
-        "search_term": [str(found.get("search_term", "")) for found in extracted],
-        "result_index": [found.get("result_index") for found in extracted],
-        "source": [str(found.get("source", "")) for found in extracted],
-        "resource_key": [str(found.get("resource_key", "")) for found in extracted],
+        "search_term": list(map(_TAKE["search_term"], extracted)),
+        "result_index": list(map(_TAKE["result_index"], extracted)),
+        "source": list(map(_TAKE["source"], extracted)),
+        "resource_key": list(map(_TAKE["resource_key"], extracted)),
         "user_email": [""] * n,
         "user_title": [""] * n,
         "user_team": [""] * n,
