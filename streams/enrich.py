@@ -289,33 +289,48 @@ def join_profiles(columns: Columns, profiles) -> Columns:
     return columns
 
 
-def session_for(user: str, ts: int, session_id: str, open_sessions: dict[str, tuple[str, int]]) -> str:
-    """Keep the producer's session id; else continue the user's session, or start one after 30 min idle.
+def session_for(user: str, ts: int, session_id: str, open_sessions: dict[str, tuple[str, int, int]]) -> str:
+    """Keep the producer's session id; else continue the user's open session, or start one after 30 min idle.
 
-    `open_sessions` maps user -> (session_id, last event ms) and is updated here. A derived id is a
-    hash of the user and the session's first event time, so a replay derives the same ids.
+    `open_sessions` maps user -> (session_id, first event ms, last event ms) and is updated here. A
+    late event from well before the open session starts a session of its own rather than joining a
+    later one. A derived id is a hash of the user and the session's first event time, so a replay
+    derives the same ids.
     """
-    if session_id:
-        open_sessions[user] = (session_id, ts)
-        return session_id
     current = open_sessions.get(user)
-    if current is not None and 0 <= ts - current[1] <= SESSION_GAP_MS:
-        session_id = current[0]
-    elif current is not None and ts < current[1]:
-        session_id = current[0]  # out of order within the session: keep it, don't move its end back
-        ts = current[1]
-    else:
-        session_id = "s_" + hashlib.blake2b(f"{user}|{ts}".encode(), digest_size=8).hexdigest()
-    open_sessions[user] = (session_id, ts)
+    if session_id:
+        same = current is not None and current[0] == session_id
+        open_sessions[user] = (session_id, min(current[1], ts), max(current[2], ts)) if same else (session_id, ts, ts)
+        return session_id
+    if current is not None:
+        open_id, first, last = current
+        if first - SESSION_GAP_MS <= ts <= last + SESSION_GAP_MS:
+            open_sessions[user] = (open_id, min(first, ts), max(last, ts))
+            return open_id
+        if ts < first:  # late, from well before the open session: a session of its own; the open one stays
+            return _derived_session_id(user, ts)
+    session_id = _derived_session_id(user, ts)
+    open_sessions[user] = (session_id, ts, ts)
     return session_id
 
 
-def assign_session(row: dict, open_sessions: dict[str, tuple[str, int]]) -> dict:
+def _derived_session_id(user: str, first_ms: int) -> str:
+    return "s_" + hashlib.blake2b(f"{user}|{first_ms}".encode(), digest_size=8).hexdigest()
+
+
+def close_sessions(open_sessions: dict[str, tuple[str, int, int]], quiet_since_ms: int) -> None:
+    """Forget the open sessions whose last event is before `quiet_since_ms`: once no accepted event
+    can be within 30 minutes of them, the user's next event starts a new session anyway."""
+    for user in [user for user, (_, _, last) in open_sessions.items() if last < quiet_since_ms]:
+        del open_sessions[user]
+
+
+def assign_session(row: dict, open_sessions: dict[str, tuple[str, int, int]]) -> dict:
     row["session_id"] = session_for(row["user"], row["ts"], row["session_id"], open_sessions)
     return row
 
 
-def assign_sessions(columns: Columns, open_sessions: dict[str, tuple[str, int]]) -> Columns:
+def assign_sessions(columns: Columns, open_sessions: dict[str, tuple[str, int, int]]) -> Columns:
     """`assign_session` for every row of `columns`, in order."""
     columns["session_id"] = list(map(session_for, columns["user"], columns["ts"], columns["session_id"],
                                      itertools.repeat(open_sessions)))

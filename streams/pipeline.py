@@ -197,6 +197,7 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     activity = state.activity
     activity.add_batch(apps, columns["user"], list(map(day_ordinal, starts)))
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
-    if state.watermark_ms:
+    if state.watermark_ms and day_ordinal(state.watermark_ms) > activity.watermark_day:
+        enrich.close_sessions(state.open_sessions, state.watermark_ms - limits.allowed_lateness_ms - enrich.SESSION_GAP_MS)
         activity.advance(day_ordinal(state.watermark_ms))
     return result  # the caller persists the activity when it cuts a batch: state.activity.take_changed_buckets()

@@ -4,8 +4,8 @@ import datetime as dt
 import pytest
 
 from streams.contract import UserAction
-from streams.enrich import (SESSION_GAP_MS, assign_session, event_name, extract_properties, join_profile,
-                            load_mapping, to_row)
+from streams.enrich import (SESSION_GAP_MS, assign_session, close_sessions, event_name, extract_properties,
+                            join_profile, load_mapping, to_row)
 from streams.outcome import Source
 
 MAPPING = load_mapping()
@@ -79,3 +79,31 @@ def test_sessions_split_after_30_minutes_idle_and_keep_producer_ids():
     replay = {}
     assert [assign_session({"user": "ann", "ts": r["ts"], "session_id": ""}, replay)["session_id"]
             for r in rows[:3]] == ids[:3]
+
+
+def test_a_late_event_joins_the_session_it_belongs_to_not_a_later_one():
+    hour = 60 * 60_000
+    sessions = {}
+
+    def session(ts):
+        return assign_session({"user": "ann", "ts": ts, "session_id": ""}, sessions)["session_id"]
+
+    morning = session(8 * hour)
+    afternoon = session(14 * hour)
+    assert session(8 * hour + 10 * 60_000) != afternoon      # hours late: not the afternoon's session
+    assert session(14 * hour - 10 * 60_000) == afternoon     # minutes before it: still the same visit
+    assert session(14 * hour + 5 * 60_000) == afternoon
+    assert morning != afternoon
+
+
+def test_quiet_sessions_are_forgotten_without_changing_any_id():
+    rows = [("ann", 0), ("bob", 0), ("ann", 20 * 60_000), ("bob", 3 * 86_400_000), ("ann", 3 * 86_400_000)]
+    kept, pruned = {}, {}
+    ids_kept = [assign_session({"user": u, "ts": t, "session_id": ""}, kept)["session_id"] for u, t in rows]
+    ids_pruned = []
+    for user, ts in rows:
+        ids_pruned.append(assign_session({"user": user, "ts": ts, "session_id": ""}, pruned)["session_id"])
+        close_sessions(pruned, ts - SESSION_GAP_MS - 1)
+    assert ids_pruned == ids_kept
+    close_sessions(pruned, 3 * 86_400_000 + 1)  # both users quiet since their last event
+    assert pruned == {}

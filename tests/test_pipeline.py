@@ -133,3 +133,15 @@ def test_recent_ids_remember_a_bounded_window():
     assert all(recent.seen(f"e{i}") for i in range(150, 250))  # at least the last generation_size ids
     assert not recent.seen("e0")  # long gone: memory stays bounded (it is remembered again now)
     assert len(recent.current) + len(recent.previous) <= 200
+
+
+def test_a_partition_remembers_only_the_sessions_that_can_still_continue():
+    """Open sessions are kept per user; once the stream is past the allowed lateness plus the
+    session gap, a quiet user's session can no longer continue and is forgotten."""
+    users = users_in(0, 50)
+    start = NOW - 6 * DAY_MS
+    _, state = run([action(f"a{i}", user, start + i) for i, user in enumerate(users)])
+    assert len(state.open_sessions) == 50
+    result, state = run([action("late-day", users[0], NOW - 1000)], state)
+    assert list(state.open_sessions) == [SCRUBBER.scrub_user(users[0])]
+    assert result.rows[0]["session_id"].startswith("s_")
