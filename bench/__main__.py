@@ -50,6 +50,12 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     tally["ratio_to_ceiling"] = round(tally["events_per_s"] / ceiling["events_per_s"], 3)
     say(f"    {tally['events_per_s']:,} events/s, {tally['ratio_to_ceiling']:.0%} of the ceiling")
 
+    say("memory: the same batches without Kafka, stages alone and with embedded ClickHouse inserts ...")
+    from . import memory
+    memory_split = memory.split(plan.events, plan.envelope)
+    say(f"    stages {memory_split['stages']['start_mb']:.0f} -> {memory_split['stages']['end_mb']:.0f} MB, "
+        f"with ClickHouse {memory_split['clickhouse']['start_mb']:.0f} -> {memory_split['clickhouse']['end_mb']:.0f} MB")
+
     say("faust floor: take_events + decode only, nothing stored ...")
     floor = harness.run_naive(bootstrap, topics.user_actions, plan.events, work_dir / "floor", f"{prefix}floor",
                               floor=True)
@@ -68,7 +74,7 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "machine": procstat.machine(), "plan": dataclasses.asdict(plan),
                "ceiling": ceiling, "faust_floor": floor, "naive": naive, "tally": tally,
-               "latency": latency}
+               "latency": latency, "memory_split": memory_split}
     results["targets"] = report.targets(results)
     return results
 

@@ -62,6 +62,12 @@ def table(results: dict) -> str:
                  f"({latency['achieved_rate']:,} achieved) for {latency['seconds']:.0f} s, {latency['seen']:,} events: "
                  f"p50 {latency['p50_ms']:,} ms, p95 {latency['p95_ms']:,} ms, p99 {latency['p99_ms']:,} ms, "
                  f"max {latency['max_ms']:,} ms")
+    split = results.get("memory_split")
+    if split:
+        stages, stored = split["stages"], split["clickhouse"]
+        lines.append(f"memory, the same batches without Kafka in a fresh process (warm/mid/end): stages alone "
+                     f"{stages['start_mb']:.0f}/{stages['middle_mb']:.0f}/{stages['end_mb']:.0f} MB; stages and "
+                     f"embedded ClickHouse inserts {stored['start_mb']:.0f}/{stored['middle_mb']:.0f}/{stored['end_mb']:.0f} MB")
     lines.append("")
     for name, target in results["targets"].items():
         lines.append(f"{'met ' if target['met'] else 'MISS'}  {name}: {target['value']} (target {target['target']})")

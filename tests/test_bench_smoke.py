@@ -82,6 +82,8 @@ def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, 
     assert (tally["delivered"], tally["dead_lettered"], tally["rerouted"]) == (5_000, 0, 0)  # keyed as stored
     assert 0 < tally["memory"]["start_mb"] <= tally["memory"]["peak_mb"]
     assert tally["ratio_to_ceiling"] > 0
+    for mode, measured in results["memory_split"].items():  # the same batches, without Kafka
+        assert measured["events"] == 5_000 and 0 < measured["start_mb"] <= measured["peak_mb"], mode
 
     latency = results["latency"]
     assert latency["seen"] == latency["measured"] > 0  # every measured event became queryable

@@ -1,0 +1,102 @@
+"""Where the worker's memory goes: the benchmark's batches through the stages in a fresh process,
+without Kafka, once with nothing stored and once inserted into an embedded ClickHouse.
+
+The worker's resident memory is the pipeline's state plus, with the embedded default, the
+ClickHouse engine in the same process. Run side by side, the two modes tell those apart.
+`python -m bench.memory --mode stages|clickhouse --events N --envelope E` prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .measure import WARM_UP_FRACTION
+
+MODES = ("stages", "clickhouse")
+
+
+def rss_mb() -> float:
+    from .procstat import sample
+    return sample(os.getpid()).rss_mb
+
+
+def measure(mode: str, events: int, envelope: int, batch_rows: int = 20_000, step_messages: int = 20) -> dict:
+    """Run `events` generated events through the stages as the worker steps through them; at every
+    `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted). Resident memory after
+    each cut, from the first one past the warm-up."""
+    from streams.active_users import PartitionActivity
+    from streams.app import PendingBatch
+    from streams.contract import ENVELOPE_HEADER
+    from streams.enrich import load_mapping
+    from streams.outcome import Source
+    from streams.pipeline import PartitionState, Stages, process_batch, unpack
+    from streams.producer import pack_envelopes
+    from streams.scrub import Scrubber, load_policy
+    from streams.sink import USER_ACTION_COLUMNS, ClickHouseWriter
+    from streams.validate import Limits
+
+    from . import load
+    traffic = load.generate(events)
+    if envelope > 1:
+        messages = [(value, [ENVELOPE_HEADER]) for _, value, _, _, _ in pack_envelopes(
+            [(key, value, None) for key, value in traffic.messages], 1, max_bytes=1 << 20, max_actions=envelope)]
+    else:
+        messages = [(value, None) for _, value in traffic.messages]
+    del traffic
+    writer = None
+    if mode == "clickhouse":
+        from streams.clickhouse import connect_and_migrate
+        from streams.sink import RetryPolicy
+        writer = ClickHouseWriter(connect_and_migrate(f"chdb://{tempfile.mkdtemp(prefix='tally-memory-')}",
+                                                      RetryPolicy(max_attempts=1)))
+    stages = Stages(Limits(), load_mapping(), Scrubber(load_policy(hmac_key=os.environ.get("TALLY_HMAC_KEY", "bench"))), 1)
+    state = PartitionState(PartitionActivity(lateness_days=3))
+    pending, done, looks = PendingBatch(), 0, []
+    for first in range(0, len(messages), step_messages):
+        items = []
+        for offset, (value, headers) in enumerate(messages[first:first + step_messages], start=first):
+            unpacked, _ = unpack(value, headers, Source("bench", 0, offset, len(value)), stages, int(time.time() * 1000))
+            items.extend(unpacked)
+        pending.add_rows(process_batch(items, state, stages, {}).columns)
+        done += len(items)
+        if pending.row_count >= batch_rows or first + step_messages >= len(messages):
+            state.activity.take_changed_buckets()  # what the worker persists when it cuts a batch
+            if writer is not None:
+                writer.insert_columns("user_actions", pending.columns, USER_ACTION_COLUMNS, f"memory-{first}")
+            pending = PendingBatch()
+            if done >= events * WARM_UP_FRACTION:
+                looks.append(round(rss_mb(), 1))
+    return {"mode": mode, "events": done, "start_mb": looks[0], "middle_mb": looks[len(looks) // 2],
+            "end_mb": looks[-1], "peak_mb": max(looks), "batches": len(looks)}
+
+
+def _spawn(mode: str, events: int, envelope: int) -> dict:
+    output = subprocess.run([sys.executable, "-m", "bench.memory", "--mode", mode, "--events", str(events),
+                             "--envelope", str(envelope)], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def split(events: int, envelope: int) -> dict:
+    """Both modes, each in a fresh process."""
+    return {mode: _spawn(mode, events, envelope) for mode in MODES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--envelope", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.mode, args.events, args.envelope)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
