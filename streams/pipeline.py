@@ -126,9 +126,33 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     each event moves it; the rows are then built, scrubbed and joined a column at a time."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = BatchResult()
+    admitted = admit(messages, state, stages, result, now_ms)
+    columns = enrich.build_columns(admitted.fields, admitted.actions, admitted.sources, admitted.kwargs,
+                                   admitted.pos_args, stages.mapping, now_ms)
+    stages.scrubber.scrub_columns(columns)
+    enrich.join_profiles(columns, profiles)
+    enrich.assign_sessions(columns, state.open_sessions)
+    result.columns = columns
+    count_activity(columns, state, stages.limits, result)
+    return result  # the caller persists the activity when it cuts a batch: state.activity.take_changed_buckets()
+
+
+@dataclass
+class Admitted:
+    """The actions of a batch that go on to become rows, with what admission read off them."""
+    actions: list[UserAction]
+    sources: list[Source]
+    fields: dict[str, list]  # their wire fields, as columns (validate.read_fields)
+    kwargs: list[dict]
+    pos_args: list[list]
+
+
+def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
+          result: BatchResult, now_ms: int) -> Admitted:
+    """Validate, route and deduplicate a batch, in order; every message that does not go on ends in
+    `result` (a dead letter, a reroute or a duplicate). Moves the partition's watermark."""
     counts = result.counts
     limits, scrubber = stages.limits, stages.scrubber
-
     decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
     for raw, source in messages:
         try:
@@ -182,13 +206,13 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     if len(kept) < len(decoded):
         fields = {name: [column[index] for index in kept] for name, column in fields.items()}
         decoded = [decoded[index] for index in kept]
-    columns = enrich.build_columns(fields, [action for action, _, _ in decoded], [source for _, _, source in decoded],
-                                   kwargs_list, pos_args_list, stages.mapping, now_ms)
-    scrubber.scrub_columns(columns)
-    enrich.join_profiles(columns, profiles)
-    enrich.assign_sessions(columns, state.open_sessions)
-    result.columns = columns
+    return Admitted([action for action, _, _ in decoded], [source for _, _, source in decoded], fields,
+                    kwargs_list, pos_args_list)
 
+
+def count_activity(columns: enrich.Columns, state: PartitionState, limits: Limits, result: BatchResult) -> None:
+    """The rows' active days into the partition's counts (the changed ones into `result`); then,
+    when the watermark has reached a new day, forget what can no longer change."""
     apps, starts = columns["app"], columns["ts"]
     newest = result.newest_event_ms
     for app, start in zip(apps, starts):
@@ -200,4 +224,3 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     if state.watermark_ms and day_ordinal(state.watermark_ms) > activity.watermark_day:
         enrich.close_sessions(state.open_sessions, state.watermark_ms - limits.allowed_lateness_ms - enrich.SESSION_GAP_MS)
         activity.advance(day_ordinal(state.watermark_ms))
-    return result  # the caller persists the activity when it cuts a batch: state.activity.take_changed_buckets()
