@@ -4,7 +4,7 @@ Both read the dead-letter topic from the beginning up to its end as it was when 
 without a consumer group (nothing is committed, anyone can look). Replay re-publishes the
 scrubbed payloads of one reason to the input topic, keyed by user; the replayed events keep
 their event_id, so a second replay collapses in ClickHouse, and `--since-offset` skips what an
-earlier replay already sent.
+earlier replay already sent (per DLQ partition: "0:120,1:7", as the previous replay prints it).
 """
 from __future__ import annotations
 
@@ -22,6 +22,30 @@ from .contract import DeadLetter
 UNREADABLE = "<unreadable dead letter>"  # a DLQ message that is not a DeadLetter at all
 REPLAY_HEADER = "tally-replayed-from"    # "<dlq topic>/<partition>/<offset>" on every replayed message
 SCRUBBED_HEADER = "tally-scrubbed"       # b"1": the payload went through scrubbing once already
+
+
+@dataclass(frozen=True)
+class SinceOffsets:
+    """Where reading starts in each DLQ partition: `by_partition`, else `default`."""
+    by_partition: dict[int, int] = field(default_factory=dict)
+    default: int = 0
+
+    def __call__(self, partition: int) -> int:
+        return self.by_partition.get(partition, self.default)
+
+    @classmethod
+    def parse(cls, text: str) -> "SinceOffsets":
+        """"0:120,1:7" (partition:offset, other partitions from 0) or "120" (every partition)."""
+        try:
+            if ":" not in text:
+                return cls(default=int(text))
+            pairs = (entry.split(":") for entry in text.split(",") if entry.strip())
+            return cls({int(partition): int(offset) for partition, offset in pairs})
+        except ValueError:
+            raise ValueError(f"{text!r}: expected OFFSET or PARTITION:OFFSET[,PARTITION:OFFSET...]") from None
+
+    def __str__(self) -> str:
+        return ",".join(f"{partition}:{offset}" for partition, offset in sorted(self.by_partition.items()))
 
 
 @dataclass(frozen=True)
@@ -116,11 +140,11 @@ def format_inspection(inspection: Inspection, topic: str) -> str:
 
 
 def select_for_replay(records: Iterable[DeadLetterRecord], reason: str,
-                      since_offset: int = 0) -> list[DeadLetterRecord]:
-    """Dead letters of `reason` at or after `since_offset` that carry a payload to replay."""
+                      since: SinceOffsets = SinceOffsets()) -> list[DeadLetterRecord]:
+    """Dead letters of `reason` at or after their partition's `since` offset that carry a payload to replay."""
     return [record for record in records
             if record.letter is not None and record.letter.reason == reason
-            and record.offset >= since_offset and record.letter.scrubbed_payload]
+            and record.offset >= since(record.partition) and record.letter.scrubbed_payload]
 
 
 def replay_message(record: DeadLetterRecord, dlq_topic: str) -> ReplayMessage:
@@ -134,22 +158,30 @@ def replay_message(record: DeadLetterRecord, dlq_topic: str) -> ReplayMessage:
 
 @dataclass
 class ReplayTally:
-    """What a replay run saw and sent; `next_since_offset` is what to pass next time."""
+    """What a replay run saw and sent; `next_since` is what to pass next time: per DLQ partition read,
+    past the last letter of the reason (or where this run started in it, when it had none)."""
     reason: str
     replayed: int = 0
     without_payload: int = 0
-    partitions: set = field(default_factory=set)
-    next_since_offset: int | None = None
+    next_offsets: dict[int, int] = field(default_factory=dict)
 
     def add(self, records: Iterable[DeadLetterRecord], selected: list[DeadLetterRecord]) -> None:
         for record in records:
             if record.letter is None or record.letter.reason != self.reason:
                 continue
-            self.partitions.add(record.partition)
-            self.next_since_offset = max(self.next_since_offset or 0, record.offset + 1)
+            self.next_offsets[record.partition] = max(self.next_offsets.get(record.partition, 0), record.offset + 1)
             if not record.letter.scrubbed_payload:
                 self.without_payload += 1
         self.replayed += len(selected)
+
+    def read_partitions(self, partitions: Iterable[int], since: SinceOffsets) -> None:
+        """Every partition read gets a next offset, at least where this run started in it."""
+        for partition in partitions:
+            self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), since(partition))
+
+    @property
+    def next_since(self) -> SinceOffsets | None:
+        return SinceOffsets(dict(self.next_offsets)) if any(self.next_offsets.values()) else None
 
 
 def format_replay(tally: ReplayTally, dlq_topic: str, input_topic: str, dry_run: bool) -> str:
@@ -157,11 +189,8 @@ def format_replay(tally: ReplayTally, dlq_topic: str, input_topic: str, dry_run:
     lines = [f"{verb} {tally.replayed} dead letters with reason {tally.reason!r} from {dlq_topic} to {input_topic}"]
     if tally.without_payload:
         lines.append(f"skipped {tally.without_payload} without a payload (the original could not be parsed)")
-    if tally.next_since_offset is not None:
-        lines.append(f"to skip these next time: --since-offset {tally.next_since_offset}")
-        if len(tally.partitions) > 1:
-            lines.append(f"note: this reason is spread over DLQ partitions {sorted(tally.partitions)}; "
-                         "--since-offset applies to each of them")
+    if tally.next_since is not None:
+        lines.append(f"to skip these next time: --since-offset {tally.next_since}")
     return "\n".join(lines)
 
 
@@ -180,11 +209,14 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
                   for partition in entry["partitions"])
 
 
-async def read_dead_letters(bootstrap: str, topic: str, since_offset: int = 0,
-                            batch_records: int = 5_000) -> AsyncIterator[list[DeadLetterRecord]]:
-    """Batches of the topic's records from `since_offset` (per partition) up to its end at the start."""
+async def read_dead_letters(bootstrap: str, topic: str, since: SinceOffsets = SinceOffsets(),
+                            batch_records: int = 5_000,
+                            partition_numbers: list[int] | None = None) -> AsyncIterator[list[DeadLetterRecord]]:
+    """Batches of the topic's records from `since` (per partition) up to its end at the start."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+    if partition_numbers is None:
+        partition_numbers = await topic_partitions(bootstrap, topic)
+    partitions = [TopicPartition(topic, p) for p in partition_numbers]
     if not partitions:
         return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -194,9 +226,9 @@ async def read_dead_letters(bootstrap: str, topic: str, since_offset: int = 0,
         consumer.assign(partitions)
         beginnings = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > max(beginnings[tp], since_offset)}
+        pending = {tp for tp in partitions if ends[tp] > max(beginnings[tp], since(tp.partition))}
         for tp in pending:
-            consumer.seek(tp, max(beginnings[tp], since_offset))
+            consumer.seek(tp, max(beginnings[tp], since(tp.partition)))
         for tp in set(partitions) - pending:
             consumer.pause(tp)
         while pending:
@@ -220,8 +252,8 @@ async def inspect(bootstrap: str, topic: str, reason: str | None = None, limit: 
     return inspection
 
 
-async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str, since_offset: int = 0,
-                 dry_run: bool = False) -> ReplayTally:
+async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str,
+                 since: SinceOffsets = SinceOffsets(), dry_run: bool = False) -> ReplayTally:
     """Re-publish the payloads of `reason` to `input_topic`; every send is acknowledged before returning."""
     from aiokafka import AIOKafkaProducer
     tally = ReplayTally(reason=reason)
@@ -230,13 +262,15 @@ async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str, 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
         await producer.start()
     try:
-        async for batch in read_dead_letters(bootstrap, dlq_topic, since_offset):
-            selected = select_for_replay(batch, reason, since_offset)
+        partitions = await topic_partitions(bootstrap, dlq_topic)
+        async for batch in read_dead_letters(bootstrap, dlq_topic, since, partition_numbers=partitions):
+            selected = select_for_replay(batch, reason, since)
             if producer is not None:
                 sends = [await producer.send(input_topic, message.value, key=message.key, headers=message.headers)
                          for message in map(lambda record: replay_message(record, dlq_topic), selected)]
                 await asyncio.gather(*sends)
             tally.add(batch, selected)
+        tally.read_partitions(partitions, since)
     finally:
         if producer is not None:
             await producer.stop()
@@ -260,12 +294,21 @@ def add_cli(subparsers) -> None:
     replay_parser = commands.add_parser("replay", help="re-publish the payloads of one reason to the input topic")
     replay_parser.add_argument("--reason", required=True)
     replay_parser.add_argument("--dry-run", action="store_true", help="count, send nothing")
-    replay_parser.add_argument("--since-offset", type=int, default=0,
-                               help="skip DLQ offsets below this (printed by the previous replay)")
+    replay_parser.add_argument("--since-offset", type=_since_offsets_arg, default=SinceOffsets(),
+                               help="skip what an earlier replay sent: PARTITION:OFFSET,... as it printed them "
+                                    "(or one OFFSET for every partition)")
     replay_parser.add_argument("--dlq-topic", help="default: the settings' dead-letter topic")
     replay_parser.add_argument("--topic", help="input topic to replay into; default: the settings' input topic")
     add_settings_args(replay_parser)
     replay_parser.set_defaults(func=_cli_replay)
+
+
+def _since_offsets_arg(text: str) -> SinceOffsets:
+    import argparse
+    try:
+        return SinceOffsets.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cli_inspect(args) -> int:
@@ -283,6 +326,6 @@ def _cli_replay(args) -> int:
     dlq_topic = args.dlq_topic or settings.topics.dead_letters
     input_topic = args.topic or settings.topics.user_actions
     tally = asyncio.run(replay(settings.bootstrap, dlq_topic, input_topic, args.reason, args.since_offset,
-                               args.dry_run))
+                               dry_run=args.dry_run))
     print(format_replay(tally, dlq_topic, input_topic, args.dry_run))
     return 0

@@ -270,7 +270,7 @@ def all_params(kpi: Kpi) -> dict[str, Param]:
 
 
 def _coerce(name: str, param: Param, value, today: dt.date):
-    if value == "today":
+    if value == "today" and param.type == "Date":
         return today
     try:
         if param.type == "Date":

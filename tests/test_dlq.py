@@ -9,7 +9,7 @@ from streams.cli import main
 from streams.contract import DeadLetter, UserAction
 from streams.dlq import (REPLAY_HEADER, SCRUBBED_HEADER, UNREADABLE, DeadLetterRecord, Inspection, ReplayTally,
                          decode_record, format_inspection, format_record, format_replay, replay_message,
-                         select_for_replay)
+                         SinceOffsets, select_for_replay)
 
 T0 = 1_709_546_400_000  # 2024-03-04T10:00:00Z
 
@@ -86,7 +86,9 @@ def test_select_for_replay_takes_the_reason_with_payloads_from_the_offset():
                record(3, letter("unsupported_schema_version", 3, action("e3", "c"))),
                record(4, None)]
     assert [r.offset for r in select_for_replay(records, "unsupported_schema_version")] == [0, 3]
-    assert [r.offset for r in select_for_replay(records, "unsupported_schema_version", since_offset=1)] == [3]
+    assert [r.offset for r in select_for_replay(records, "unsupported_schema_version", SinceOffsets.parse("1"))] == [3]
+    assert [r.offset for r in select_for_replay(records, "unsupported_schema_version", SinceOffsets.parse("0:3"))] == [3]
+    assert [r.offset for r in select_for_replay(records, "unsupported_schema_version", SinceOffsets.parse("1:3"))] == [0, 3]
     assert select_for_replay(records, "missing_field") == []
 
 
@@ -101,10 +103,24 @@ def test_replay_tally_and_its_report():
     records = [record(0, letter("r", 0, b"p")), record(1, letter("r", 1)), record(5, letter("other", 5, b"p"))]
     tally = ReplayTally(reason="r")
     tally.add(records, select_for_replay(records, "r"))
-    assert (tally.replayed, tally.without_payload, tally.next_since_offset) == (1, 1, 2)
+    tally.read_partitions([0, 1], SinceOffsets())
+    assert (tally.replayed, tally.without_payload, str(tally.next_since)) == (1, 1, "0:2,1:0")
     text = format_replay(tally, "dlq", "user-actions", dry_run=True)
     assert text.splitlines()[0] == "would replay 1 dead letters with reason 'r' from dlq to user-actions"
-    assert "skipped 1 without a payload" in text and "--since-offset 2" in text
+    assert "skipped 1 without a payload" in text and "--since-offset 0:2,1:0" in text
+
+
+def test_since_offsets_are_kept_per_partition():
+    """A longer DLQ partition's offset must not skip the letters of a shorter one."""
+    records = [record(offset, letter("r", offset, b"p"), partition=0) for offset in range(10)]
+    records.append(record(0, letter("r", 10, b"p"), partition=1))
+    tally = ReplayTally(reason="r")
+    tally.add(records, select_for_replay(records, "r"))
+    since = SinceOffsets.parse(str(tally.next_since))
+    later = [record(10, letter("r", 11, b"p"), partition=0), record(1, letter("r", 12, b"p"), partition=1)]
+    assert [(r.partition, r.offset) for r in select_for_replay(records + later, "r", since)] == [(0, 10), (1, 1)]
+    with pytest.raises(ValueError, match="PARTITION:OFFSET"):
+        SinceOffsets.parse("0:x")
 
 
 # ---------------------------------------------------------------- real broker
@@ -164,6 +180,7 @@ def test_inspect_and_replay_on_the_broker(bootstrap, new_topic, capsys):
     output = capsys.readouterr().out
     assert "replayed 3 dead letters" in output and "skipped 1 without a payload" in output
     since_offset = output.split("--since-offset ")[1].split()[0]
+    assert since_offset.count(":") == 2  # one offset per DLQ partition
 
     arrived = asyncio.run(_consume_all(bootstrap, input_topic, expected=3))
     assert sorted(m.value for m in arrived) == sorted(l.scrubbed_payload for l in schema_v2)

@@ -442,6 +442,13 @@ def test_bind_params_fills_defaults_and_types():
     assert bound == {"app": "", "since": dt.date(2024, 3, 1), "until": dt.date(2024, 6, 1), "threshold": 5}
 
 
+def test_today_is_a_date_only_where_a_date_is_asked_for():
+    """`--until today` is today's date; a user or an app that is called "today" stays that string."""
+    bound = kpis.bind_params(kpis.get_kpi("user_stats"), {"user": "today", "app": "today", "until": "today"},
+                             today=dt.date(2024, 6, 1))
+    assert (bound["user"], bound["app"], bound["until"]) == ("today", "today", dt.date(2024, 6, 1))
+
+
 @pytest.mark.parametrize("name,given,message", [
     ("nope", {}, "unknown report 'nope'"),
     ("dau", {"threshold": "3"}, "dau does not take --threshold"),
