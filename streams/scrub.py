@@ -529,7 +529,6 @@ class _Rules:
     key_cache: dict[str, KeyRule | None] = field(default_factory=dict)
     key_decisions: dict[str, KeyRule | str | None] = field(default_factory=dict)
     clean_key_sets: set[tuple[str, ...]] = field(default_factory=set)  # property key sets no rule touches
-    stored_users: dict[str, tuple[str, str]] = field(default_factory=dict)  # user id -> (stored id, reason)
 
     def rule_for_key(self, key: str) -> KeyRule | None:
         try:
@@ -621,6 +620,7 @@ class Scrubber:
         self._default_rules = _compile_rules(policy, None)
         self._rules_by_app = {app: _compile_rules(policy, override) for app, override in policy.apps.items()}
         self._pseudonyms: dict[str, str] = {}
+        self._stored_users: dict[str, tuple[str, str]] = {}  # user id -> (stored id, reason)
 
     # ---- public API
 
@@ -636,8 +636,9 @@ class Scrubber:
         return cached
 
     def scrub_user(self, user: str, app: str = "") -> str:
-        """The user id as it is stored: what joins (profiles, enrich) must look users up by."""
-        return self._stored_user(user, self._rules(app))[0]
+        """The user id as it is stored: what joins (profiles, enrich) must look users up by. The same in
+        every app (`app` is not used): the all-apps counts and the profile join depend on it."""
+        return self._stored_user(user)[0]
 
     def scrub_row(self, row: dict) -> dict:
         """Scrub an enriched event dict in place; appends audit entries to row["scrubbed_fields"]."""
@@ -659,6 +660,7 @@ class Scrubber:
         searches); only the rows it flags take the per-row detailed pass of `scrub_row`."""
         audits = columns["scrubbed_fields"]
         users = columns["user"]
+        flagged_rows: set[int] = set()
         for rules, indexes in self._groups_by_rules(columns["app"]):
             # the group's values of a column: the column itself, or picked out in C
             of = (lambda column: column) if indexes is None else _picker(indexes)
@@ -671,12 +673,12 @@ class Scrubber:
             flagged = positions if indexes is None else {indexes[i] for i in positions}
             for index in flagged:
                 self._scrub_record_at(columns, index, rules)
-            known = rules.stored_users.get
-            stored = [known(user) or self._stored_user(user, rules) for user in of(users)]
-            for index, (stored_user, reason) in zip(indexes or range(len(users)), stored):
-                if reason and index not in flagged:  # a flagged row's user went through the detailed pass
-                    users[index] = stored_user
-                    _add(audits[index], f"user:hmac:{reason}")
+            flagged_rows |= flagged
+        known = self._stored_users.get
+        for index, (stored_user, reason) in enumerate([known(user) or self._stored_user(user) for user in users]):
+            if reason and index not in flagged_rows:  # a flagged row's user went through the detailed pass
+                users[index] = stored_user
+                _add(audits[index], f"user:hmac:{reason}")
         emails = columns.get("user_email")
         if emails and any(emails):
             for index, email in enumerate(emails):
@@ -754,7 +756,7 @@ class Scrubber:
                     values[name] = text[:limit] + TRUNCATION_MARK
                     _add(audit, f"{name}:truncate:max_chars")
         if user:
-            stored_user, reason = self._stored_user(user, rules)
+            stored_user, reason = self._stored_user(user)
             if reason:
                 values["user"] = stored_user
                 _add(audit, f"user:hmac:{reason}")
@@ -824,17 +826,19 @@ class Scrubber:
             return self.pseudonym(email)
         return email
 
-    def _stored_user(self, user: str, rules: _Rules) -> tuple[str, str]:
-        """(stored id, reason) for a user id, cached: the same few users send most events."""
-        cached = rules.stored_users.get(user)
+    def _stored_user(self, user: str) -> tuple[str, str]:
+        """(stored id, reason) for a user id, cached: the same few users send most events. Judged by
+        the default rules, whatever the app: one person has one stored id everywhere."""
+        cached = self._stored_users.get(user)
         if cached is None:
+            rules = self._default_rules
             if self.policy.pseudonymize_users or rules.prefilter.hits(user.lower()):
                 cached = self._user_value(user, rules)
             else:
                 cached = (user, "")
-            if len(rules.stored_users) >= _PSEUDONYM_CACHE_SIZE:
-                rules.stored_users.clear()
-            rules.stored_users[user] = cached
+            if len(self._stored_users) >= _PSEUDONYM_CACHE_SIZE:
+                self._stored_users.clear()
+            self._stored_users[user] = cached
         return cached
 
     @staticmethod

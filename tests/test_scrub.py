@@ -327,6 +327,20 @@ def test_app_override_of_a_detector(tmp_path):
 
 # --------------------------------------------------------------------------- users
 
+def test_a_user_has_one_stored_id_in_every_app(tmp_path):
+    """An app whose rules keep emails in its text still stores its users' email ids pseudonymised,
+    exactly as every other app and the profiles do: the all-apps counts and the profile join need one id."""
+    scrubber = Scrubber(load_policy(policy_file(tmp_path, "apps: {wiki: {detectors: {email: keep}}}"), hmac_key=KEY))
+    wiki = scrubber.scrub_row(row(app="wiki", user="ann@example.com", output="mail ann@example.com"))
+    catalog = scrubber.scrub_row(row(app="amundsen", user="ann@example.com"))
+    profile = UserProfile(user="ann@example.com")
+    scrubber.scrub_profile(profile)
+    assert wiki["output"] == "mail ann@example.com"  # the override still applies to text
+    assert wiki["user"] == catalog["user"] == profile.user == scrubber.scrub_user("ann@example.com", "wiki")
+    columns = {name: [value] for name, value in row(app="wiki", user="ann@example.com", scrubbed_fields=[]).items()}
+    assert scrubber.scrub_columns(columns)["user"] == [profile.user]
+
+
 def test_email_users_are_always_pseudonymised(scrubber):
     scrubbed = scrubber.scrub_row(row(user="Ann@Example.com", user_email="Ann@Example.com"))
     assert scrubbed["user"] == scrubbed["user_email"] == scrubber.pseudonym("Ann@Example.com")
