@@ -170,7 +170,7 @@ def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: li
             value = pos_args[index] if index < len(pos_args) else None
         if value is not None and value != "":
             best[column] = (rank, value)
-    found = {column: value if type(value) is str or column == "result_index" else str(value)  # noqa: E721
+    found = {column: value if type(value) is str or column == "result_index" else str(value)
              for column, (_, value) in best.items()}
     if "result_index" in found:
         try:

@@ -29,8 +29,8 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
     pipeline = create_app(settings)
     # Batches make many short-lived objects; the default GC thresholds rescan the long-lived state
     # (tables, caches) far too often. Freeze what exists now and collect the young generation rarely,
-    # but the oldest often enough to free the cycles Faust, aiokafka and asyncio leave behind
-    # (every 10M allocations: with 100 in place of 10, the worker grew 1.6x over a 500k-event run).
+    # but the oldest often enough (every 10M allocations) to free the reference cycles Faust,
+    # aiokafka and asyncio leave behind.
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
     marker = worker_file(settings.data_dir)
