@@ -64,8 +64,10 @@ async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
 
     from streams.contract import ENVELOPE_HEADER
     from streams.producer import pack_envelopes
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1024 * 1024,
-                                max_request_size=4 * 1024 * 1024)
+    # idempotent: a retried request must not duplicate or reorder a partition (weeks of event time
+    # go in within seconds, so a reordered request would look days late)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=20,
+                                max_batch_size=1024 * 1024, max_request_size=4 * 1024 * 1024)
     if envelope > 1:
         headers = [ENVELOPE_HEADER]
         grouped: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)

@@ -70,13 +70,24 @@ def expected_metrics(actions: list[UserAction]) -> dict[tuple[str, str, str], in
     return {(m, app, day_iso(day)): n for (m, app, day), n in counts.items()}
 
 
+def _not_stored(worker, actions: list[UserAction]) -> str:
+    """Which sent events are not in user_actions, with their event time and any dead letter's reason."""
+    stored = {row[0] for row in worker.query("SELECT DISTINCT event_id FROM user_actions")}
+    missing = [a for a in actions if a.event_id not in stored]
+    letters = {row[0]: row[1:] for row in worker.query(
+        "SELECT event_id, reason, source_partition, source_offset, detail FROM dead_letters")}
+    return f"{len(missing)} sent events not stored: " + "; ".join(
+        f"{a.event_id} {a.app} {a.user} {dt.datetime.fromtimestamp(a.start_epoch_ms / 1000, dt.timezone.utc):%m-%d %H:%M} "
+        f"-> {letters.get(a.event_id)}" for a in missing[:10])
+
+
 def live_metrics(worker) -> dict[tuple[str, str, str], int]:
     return {(t["metric"], t["app"], t["day"]): t["value"] for t in worker.active_users()}
 
 
-def wait_for_metrics(workers, expected: dict, timeout: float = 120.0) -> None:
+def wait_for_metrics(workers, expected: dict, timeout: float = 120.0, actions: list[UserAction] | None = None) -> None:
     """Wait until the live totals (from whichever worker owns them) equal `expected`; on timeout,
-    fail with the keys that differ."""
+    fail with the keys that differ (and, given the `actions` sent, those not stored and why)."""
     live: dict = {}
 
     def equal() -> bool:
@@ -94,6 +105,8 @@ def wait_for_metrics(workers, expected: dict, timeout: float = 120.0) -> None:
         for worker in workers:
             stats = worker.stats() if worker.process.poll() is None else {"exited": worker.process.returncode}
             diagnosis.append(f"{worker.data_dir.name}: {_summary(stats)}\n  " + "\n  ".join(worker.problems()))
+        if actions is not None and workers[-1].process.poll() is None:
+            diagnosis.append(_not_stored(workers[-1], actions))
         pytest.fail(f"{len(differing)} live metrics differ (key, live, expected): {differing[:12]}\n"
                     + "\n".join(diagnosis))
 

@@ -109,7 +109,7 @@ def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
 
     send(pipeline_env.bootstrap, topic, actions[3000:])
     second = pipeline_env.worker("w1").start()
-    wait_for_metrics([second], expected_metrics(actions))
+    wait_for_metrics([second], expected_metrics(actions), actions=actions)
     assert second.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[6000, 6000]]
     second.stop()
 
