@@ -26,10 +26,11 @@ def rss_mb() -> float:
     return sample(os.getpid()).rss_mb
 
 
-def measure(mode: str, events: int, envelope: int, batch_rows: int = 20_000, step_messages: int = 20) -> dict:
+def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: int = 20_000,
+            step_messages: int = 20) -> dict:
     """Run `events` generated events through the stages as the worker steps through them; at every
-    `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted). Resident memory after
-    each cut, from the first one past the warm-up."""
+    `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted into a chDB in `data_dir`).
+    Resident memory after each cut, from the first one past the warm-up."""
     from streams.active_users import PartitionActivity
     from streams.app import PendingBatch
     from streams.contract import ENVELOPE_HEADER
@@ -53,8 +54,7 @@ def measure(mode: str, events: int, envelope: int, batch_rows: int = 20_000, ste
     if mode == "clickhouse":
         from streams.clickhouse import connect_and_migrate
         from streams.sink import RetryPolicy
-        writer = ClickHouseWriter(connect_and_migrate(f"chdb://{tempfile.mkdtemp(prefix='tally-memory-')}",
-                                                      RetryPolicy(max_attempts=1)))
+        writer = ClickHouseWriter(connect_and_migrate(f"chdb://{data_dir}", RetryPolicy(max_attempts=1)))
     stages = Stages(Limits(), load_mapping(), Scrubber(load_policy(hmac_key=os.environ.get("TALLY_HMAC_KEY", "bench"))), 1)
     state = PartitionState(PartitionActivity(lateness_days=3))
     pending, done, looks = PendingBatch(), 0, []
@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--envelope", type=int, default=1)
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.mode, args.events, args.envelope)))
+    from streams.clickhouse import close_all
+    with tempfile.TemporaryDirectory(prefix="tally-memory-") as data_dir:
+        try:
+            print(json.dumps(measure(args.mode, args.events, args.envelope, Path(data_dir))))
+        finally:
+            close_all()
     return 0
 
 
