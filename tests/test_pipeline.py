@@ -145,3 +145,17 @@ def test_a_partition_remembers_only_the_sessions_that_can_still_continue():
     result, state = run([action("late-day", users[0], NOW - 1000)], state)
     assert list(state.open_sessions) == [SCRUBBER.scrub_user(users[0])]
     assert result.rows[0]["session_id"].startswith("s_")
+
+
+def test_the_worker_reports_input_offsets_that_never_reached_it(caplog):
+    """The input topic has no transaction markers, so an offset jump within a partition is a message
+    the consumer dropped: the worker says which ones (redeliveries and new owners are not jumps)."""
+    from types import SimpleNamespace
+
+    from streams.app import Pipeline
+    worker = SimpleNamespace(next_offsets={})
+    with caplog.at_level("ERROR", logger="streams.app"):
+        for partition, offset in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 12), (0, 15), (1, 5)]:
+            Pipeline._note_skipped_offsets(worker, partition, offset)
+    assert [r.getMessage() for r in caplog.records] == [
+        "input partition 0: offsets 13..14 were never delivered to the agent"]
