@@ -56,6 +56,14 @@ def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[i
     return grouped
 
 
+def envelopes(messages: list[tuple[bytes, bytes]], partitions: int, envelope: int) -> list[tuple[bytes, bytes, int]]:
+    """The messages packed as the SDK packs them, `envelope` actions per UserActionBatch:
+    (key, envelope bytes, partition)."""
+    from streams.producer import pack_envelopes
+    return [(key, value, partition) for key, value, partition, _, _ in pack_envelopes(
+        [(k, v, None) for k, v in messages], partitions, max_bytes=1024 * 1024, max_actions=envelope)]
+
+
 async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int,
                   envelope: int = 1) -> int:
     """Write every message into `topic` (keyed partitioning, like the SDK), in large batches; with
@@ -63,7 +71,6 @@ async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
     from aiokafka import AIOKafkaProducer
 
     from streams.contract import ENVELOPE_HEADER
-    from streams.producer import pack_envelopes
     # idempotent: a retried request must not duplicate or reorder a partition (weeks of event time
     # go in within seconds, so a reordered request would look days late)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=20,
@@ -71,8 +78,7 @@ async def preload(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
     if envelope > 1:
         headers = [ENVELOPE_HEADER]
         grouped: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        for key, value, partition, _, _ in pack_envelopes([(k, v, None) for k, v in messages], partitions,
-                                                           max_bytes=1024 * 1024, max_actions=envelope):
+        for key, value, partition in envelopes(messages, partitions, envelope):
             grouped[partition].append((key, value))
     else:
         headers, grouped = None, by_partition(messages, partitions)

@@ -37,7 +37,6 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     from streams.enrich import load_mapping
     from streams.outcome import Source
     from streams.pipeline import PartitionState, Stages, process_batch, unpack
-    from streams.producer import pack_envelopes
     from streams.scrub import Scrubber, load_policy
     from streams.sink import USER_ACTION_COLUMNS, ClickHouseWriter
     from streams.validate import Limits
@@ -45,8 +44,7 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     from . import load
     traffic = load.generate(events)
     if envelope > 1:
-        messages = [(value, [ENVELOPE_HEADER]) for _, value, _, _, _ in pack_envelopes(
-            [(key, value, None) for key, value in traffic.messages], 1, max_bytes=1 << 20, max_actions=envelope)]
+        messages = [(value, [ENVELOPE_HEADER]) for _, value, _ in load.envelopes(traffic.messages, 1, envelope)]
     else:
         messages = [(value, None) for _, value in traffic.messages]
     del traffic

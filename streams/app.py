@@ -60,8 +60,9 @@ class PendingBatch:
     counts: BatchCounts = field(default_factory=BatchCounts)
 
     def add_rows(self, columns: dict[str, list]) -> None:
+        """Take a step's rows; the batch owns the step's column lists from here on."""
         if not self.columns:
-            self.columns = {name: list(values) for name, values in columns.items()}
+            self.columns = dict(columns)
         else:
             for name, values in columns.items():
                 self.columns[name].extend(values)

@@ -431,14 +431,13 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
 
 
 def partition_key():
-    """(user, app) -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy, its
-    per-app rules included, and TALLY_HMAC_KEY), which is what it partitions by; other keys cost a
-    re-route. Profiles have no app: the default rules."""
+    """(user, app) -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
+    TALLY_HMAC_KEY; the same in every app), which is what it partitions by; other keys cost a re-route."""
     from .config import from_env
     from .scrub import Scrubber, load_policy
     settings = from_env()
     scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
-    return lambda user, app="": scrubber.scrub_user(user, app).encode()
+    return lambda user, app="": scrubber.scrub_user(user).encode()
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -89,16 +89,15 @@ class Stages:
     partitions: int
     _routes: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def route(self, user: str, app: str) -> tuple[str, int]:
-        """(stored user id, the input partition it belongs to) for a user of an app; cached."""
-        key = (user, app)
-        found = self._routes.get(key)
+    def route(self, user: str) -> tuple[str, int]:
+        """(stored user id, the input partition it belongs to) for a user id as sent; cached."""
+        found = self._routes.get(user)
         if found is None:
-            stored = self.scrubber.scrub_user(user, app)
+            stored = self.scrubber.scrub_user(user)
             found = (stored, partition_for_user(stored, self.partitions))
             if len(self._routes) >= ROUTES_CACHED:
                 self._routes.clear()
-            self._routes[key] = found
+            self._routes[user] = found
         return found
 
 
@@ -172,8 +171,8 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     watermark = state.watermark_ms
     lateness = limits.allowed_lateness_ms
     kept, kwargs_list, pos_args_list = [], [], []
-    for index, (action, raw, source), start, user, app, event_id, kwargs_text, pos_args_text in zip(
-            itertools.count(), decoded, fields["start_epoch_ms"], fields["user"], fields["app"], fields["event_id"],
+    for index, (action, raw, source), start, user, event_id, kwargs_text, pos_args_text in zip(
+            itertools.count(), decoded, fields["start_epoch_ms"], fields["user"], fields["event_id"],
             fields["keyword_args_json"], fields["pos_args_json"]):
         try:
             if index in suspects or (watermark and start < watermark - lateness):
@@ -186,7 +185,7 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
             continue
         # Counts are summed over partitions, so a user must live in exactly one of them: the one
         # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
-        stored_user, expected_partition = route(user, app)
+        stored_user, expected_partition = route(user)
         if source.partition != expected_partition:
             value = action.SerializeToString() if raw is action else raw
             result.reroutes.append((stored_user.encode(), value, expected_partition))
