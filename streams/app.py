@@ -60,9 +60,10 @@ class PendingBatch:
     counts: BatchCounts = field(default_factory=BatchCounts)
 
     def add_rows(self, columns: dict[str, list]) -> None:
-        """Take a step's rows; the batch owns the step's column lists from here on."""
+        """Add a step's rows. The first step's columns are copied: a step may hold one list under two
+        names (`ts` and `start_epoch_ms`), which extending in place would grow twice."""
         if not self.columns:
-            self.columns = dict(columns)
+            self.columns = {name: list(values) for name, values in columns.items()}
         else:
             for name, values in columns.items():
                 self.columns[name].extend(values)
