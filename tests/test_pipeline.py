@@ -159,3 +159,15 @@ def test_the_worker_reports_input_offsets_that_never_reached_it(caplog):
             Pipeline._note_skipped_offsets(worker, partition, offset)
     assert [r.getMessage() for r in caplog.records] == [
         "input partition 0: offsets 13..14 were never delivered to the agent"]
+
+
+def test_a_pending_batch_holds_one_value_per_row_in_every_column():
+    """Steps accumulate into one insert: every column must hold exactly one value per row."""
+    from streams.app import PendingBatch
+    ann, bob = users_in(0, 2)
+    state, batch = None, PendingBatch()
+    for step in ([action("s1", ann, NOW - 9000), action("s2", bob, NOW - 8000)], [action("s3", ann, NOW - 7000)]):
+        result, state = run(step, state)
+        batch.add_rows(result.columns)
+    assert batch.row_count == 3
+    assert {name: len(values) for name, values in batch.columns.items()} == dict.fromkeys(batch.columns, 3)
