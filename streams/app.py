@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import faust
+from faust.types import TP
 
 from . import clickhouse
 from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
@@ -78,6 +80,59 @@ class DurableWrite:
     partial: dict
 
 
+class InputContinuity:
+    """The agent takes each input partition's messages strictly in offset order.
+
+    Around a rebalance Faust can fail to deliver a message and then commit past it (faust-streaming
+    #216/#221: its fetch loop records an offset jump as a gap that the next commit fills, a rule
+    meant for transaction markers, and its commit check lets one missing offset at the committed
+    head through). The input topic has no transaction markers, so here a jump is a hole: messages
+    past it are neither processed nor acked, and the partition is sought back to the hole; messages
+    before it were processed already (a redelivery) and are skipped."""
+
+    def __init__(self) -> None:
+        self.expected: dict[int, int] = {}  # partition -> the offset to take next
+        self.rewinds: dict[int, tuple[int, float]] = {}  # partition -> (hole, monotonic time of last seek)
+        self.to_seek: dict[int, int] = {}   # partition -> offset, for the agent to seek after this step
+        self.resolved: list[int] = []        # partitions whose hole has just been filled
+
+    def start(self, partition: int, offset: int | None) -> None:
+        """Where a newly assigned partition starts: its committed offset (None: anywhere)."""
+        if offset is not None:
+            self.expected[partition] = offset
+
+    def admit(self, partition: int, offset: int) -> bool:
+        expected = self.expected.get(partition)
+        if expected is None or offset == expected:
+            self.expected[partition] = offset + 1
+            if self.rewinds.pop(partition, None) is not None:
+                self.resolved.append(partition)
+            return True
+        if offset > expected:
+            if partition not in self.rewinds and partition not in self.to_seek:
+                log.error("input partition %d: offsets %d..%d were not delivered to the agent; reading "
+                          "again from %d", partition, expected, offset - 1, expected)
+            self.to_seek[partition] = expected
+        return False
+
+    def take_seeks(self, now: float, retry_after: float) -> dict[int, int]:
+        """The seeks to make now: holes seen in this step, and holes still open `retry_after` seconds
+        after their last seek (the re-read itself can be dropped by Faust behind stale messages)."""
+        seeks, self.to_seek = self.to_seek, {}
+        for partition, (hole, sought_at) in self.rewinds.items():
+            if now - sought_at >= retry_after:
+                seeks[partition] = hole
+        for partition, hole in seeks.items():
+            self.rewinds[partition] = (hole, now)
+        return seeks
+
+    def forget(self, partition: int) -> None:
+        """A revoked partition: its next owner starts wherever its committed offset says."""
+        self.expected.pop(partition, None)
+        self.rewinds.pop(partition, None)
+        self.to_seek.pop(partition, None)
+
+
 def table_set(table, partition: int, key: str, value):
     """Write a table key to an explicit changelog partition; returns the send's future.
 
@@ -101,7 +156,7 @@ class Pipeline:
         self.settings = settings
         self.counts = BatchCounts()
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
-        self.next_offsets: dict[int, int] = {}  # input partition -> the offset expected next from Faust
+        self.continuity = InputContinuity()
         self.retry = RetryPolicy()
         self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry))
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
@@ -191,7 +246,7 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.partition_states.pop(tp.partition, None)
-                self.next_offsets.pop(tp.partition, None)  # the next owner may start anywhere
+                self.continuity.forget(tp.partition)
                 self.reported_idle.discard(tp.partition)  # its next owner reports it
         self._profile_index = None  # rebuilt from the recovered table on the next batch
 
@@ -233,7 +288,9 @@ class Pipeline:
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
             async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
+                await self._learn_where_partitions_start(events)
                 self.run_stages(events, self.pending)
+                await self._keep_input_continuous()
                 if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                     while self.in_flight is not None and not self.in_flight.done():
                         await self.in_flight  # at most one batch in flight: backpressure
@@ -251,6 +308,7 @@ class Pipeline:
         shutdown waiting for its events to be acked); quiet partitions are reported idle."""
         while True:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
+            await self._keep_input_continuous()
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
             try:
@@ -318,16 +376,35 @@ class Pipeline:
         for event in write.batch.events:
             await self._actions_stream.ack(event)
 
-    def _note_skipped_offsets(self, partition: int, offset: int) -> None:
-        """Log offsets of an input partition that never reached the agent. The input topic has no
-        transaction markers, so a jump is a message the consumer dropped (seen rarely around a
-        worker restart, the shape of Faust's rebalance issues #216/#221); it is logged, not yet
-        recovered from."""
-        expected = self.next_offsets.get(partition)
-        if expected is not None and offset > expected:
-            log.error("input partition %d: offsets %d..%d were never delivered to the agent", partition,
-                      expected, offset - 1)
-        self.next_offsets[partition] = offset + 1
+    async def _learn_where_partitions_start(self, events) -> None:
+        """The committed offset of each partition first seen since its assignment, asked of the broker:
+        Faust can deliver messages before its own seek to the committed offsets has finished."""
+        expected = self.continuity.expected
+        new = {event.message.tp for event in events if event.message.partition not in expected}
+        if not new:
+            return
+        thread = self.app.consumer._thread  # Faust's aiokafka consumer, which lives in its own thread
+        for tp in new:
+            self.continuity.start(tp.partition, await thread.call_thread(thread._ensure_consumer().committed, tp))
+
+    async def _keep_input_continuous(self) -> None:
+        """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
+        its commits wait for the re-read messages (`_gap`: Faust's internal)."""
+        continuity = self.continuity
+        seeks = continuity.take_seeks(time.monotonic(), retry_after=1.0)
+        if not (seeks or continuity.resolved):
+            return
+        consumer, topic = self.app.consumer, self.settings.topics.user_actions
+        for partition in continuity.resolved:
+            consumer._gap[TP(topic, partition)].chop(continuity.expected[partition] - 1, sys.maxsize)
+        continuity.resolved.clear()
+        for partition, hole in seeks.items():
+            tp = TP(topic, partition)
+            consumer._gap[tp].chop(hole, sys.maxsize)
+            try:
+                await consumer.seek(tp, hole)
+            except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
+                log.warning("could not seek input partition %d back to %d: %r", partition, hole, exc)
 
     def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
         """The CPU part of a step: every partition's messages through `process_batch`, the results
@@ -337,8 +414,15 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         if not batch.events:
             batch.started = time.monotonic()  # a batch's age counts from its first event
+        continuity = self.continuity
         for event in events:
             message = event.message
+            if not continuity.admit(message.partition, message.offset):
+                # Its offset is acked through the copy that is taken; marked so that Faust's
+                # wait_empty (rebalance, shutdown) does not wait for this one.
+                message.acked = True
+                continue
+            batch.events.append(event)
             source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
             items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
             by_partition[message.partition].extend(items)
@@ -347,8 +431,6 @@ class Pipeline:
                 batch.counts.count_dead_letter(bad_envelope.reason)
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
-            self._note_skipped_offsets(message.partition, message.offset)
-        batch.events.extend(events)
 
         step_time = time.monotonic()
         for partition, messages in by_partition.items():  # every partition with a message in this step

@@ -74,8 +74,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     """`tally worker` in a subprocess, with its own data dir, consumer group and topic prefix."""
 
-    def __init__(self, data_dir: Path, bootstrap: str, prefix: str, app_id: str, extra: list[str]) -> None:
+    def __init__(self, data_dir: Path, bootstrap: str, prefix: str, app_id: str, extra: list[str],
+                 launcher: list[str] | None = None) -> None:
         self.data_dir, self.bootstrap, self.prefix, self.app_id, self.extra = data_dir, bootstrap, prefix, app_id, extra
+        self.launcher = launcher or [sys.executable, "-m", "streams.cli"]
         self.web_port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -87,7 +89,7 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "worker.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--data-dir", str(self.data_dir),
+            [*self.launcher, "worker", "--data-dir", str(self.data_dir),
              "--bootstrap", self.bootstrap, "--topic-prefix", self.prefix, "--app-id", self.app_id,
              "--web-port", str(self.web_port), "--worker-log-level", "INFO", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -167,8 +169,8 @@ def pipeline_env(bootstrap, tmp_path):
     class Env:
         topics = None
 
-        def worker(self, name: str = "w1", *extra: str) -> WorkerProcess:
-            process = WorkerProcess(tmp_path / name, bootstrap, prefix, app_id, list(extra))
+        def worker(self, name: str = "w1", *extra: str, launcher: list[str] | None = None) -> WorkerProcess:
+            process = WorkerProcess(tmp_path / name, bootstrap, prefix, app_id, list(extra), launcher)
             workers.append(process)
             return process
 

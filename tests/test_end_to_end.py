@@ -49,19 +49,24 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise TimeoutError(what)
 
 
-def committed(bootstrap: str, group: str, topic: str) -> int:
-    """The number of messages of `topic` the consumer group has committed."""
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offset of each partition of `topic` that has one."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    async def read() -> int:
+    async def read() -> dict[int, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
             offsets = await admin.list_consumer_group_offsets(group)
-            return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+            return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0}
         finally:
             await admin.close()
     return asyncio.run(read())
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    """The number of messages of `topic` the consumer group has committed."""
+    return sum(committed_offsets(bootstrap, group, topic).values())
 
 
 def expected_metrics(actions: list[UserAction]) -> dict[tuple[str, str, str], int]:

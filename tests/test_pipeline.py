@@ -147,18 +147,40 @@ def test_a_partition_remembers_only_the_sessions_that_can_still_continue():
     assert result.rows[0]["session_id"].startswith("s_")
 
 
-def test_the_worker_reports_input_offsets_that_never_reached_it(caplog):
+def test_the_agent_takes_each_partition_in_offset_order_and_rewinds_to_a_hole(caplog):
     """The input topic has no transaction markers, so an offset jump within a partition is a message
-    the consumer dropped: the worker says which ones (redeliveries and new owners are not jumps)."""
-    from types import SimpleNamespace
-
-    from streams.app import Pipeline
-    worker = SimpleNamespace(next_offsets={})
+    the consumer dropped: nothing past it is taken until it has been read again, and a redelivery of
+    what was taken already is skipped."""
+    from streams.app import InputContinuity
+    continuity = InputContinuity()
+    continuity.start(0, 10)  # partition 0 committed at 10; partition 1 never committed
     with caplog.at_level("ERROR", logger="streams.app"):
-        for partition, offset in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 12), (0, 15), (1, 5)]:
-            Pipeline._note_skipped_offsets(worker, partition, offset)
+        taken = [(p, o) for p, o in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 14), (0, 15), (1, 5)]
+                 if continuity.admit(p, o)]
+    assert taken == [(0, 10), (0, 11), (1, 4), (1, 5)]
     assert [r.getMessage() for r in caplog.records] == [
-        "input partition 0: offsets 13..14 were never delivered to the agent"]
+        "input partition 0: offsets 12..13 were not delivered to the agent; reading again from 12"]
+    assert continuity.take_seeks(now=100.0, retry_after=1.0) == {0: 12}
+    assert continuity.take_seeks(now=100.5, retry_after=1.0) == {}  # the re-read is under way
+    assert not continuity.admit(0, 16)  # stale read-ahead from before the seek: seek again
+    assert continuity.take_seeks(now=100.6, retry_after=1.0) == {0: 12}
+    assert continuity.take_seeks(now=101.7, retry_after=1.0) == {0: 12}  # nothing came: once more
+    assert [o for o in (12, 13, 14) if continuity.admit(0, o)] == [12, 13, 14]
+    assert continuity.resolved == [0] and continuity.take_seeks(now=200.0, retry_after=1.0) == {}
+    assert len(caplog.records) == 1  # one hole, one error
+
+
+def test_a_hole_at_the_committed_offset_is_a_hole_too():
+    """The first message after an assignment must be the committed one: Faust lets one missing offset
+    at the committed head through its commit check."""
+    from streams.app import InputContinuity
+    continuity = InputContinuity()
+    continuity.start(2, 500)
+    assert not continuity.admit(2, 501)
+    assert continuity.take_seeks(now=0.0, retry_after=1.0) == {2: 500}
+    continuity.forget(2)  # revoked: the next owner starts from its own committed offset
+    assert continuity.take_seeks(now=5.0, retry_after=1.0) == {}
+    assert continuity.admit(2, 501)
 
 
 def test_a_pending_batch_holds_one_value_per_row_in_every_column():

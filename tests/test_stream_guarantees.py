@@ -4,13 +4,15 @@ import asyncio
 import datetime as dt
 import json
 import signal
+import sys
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from conftest import publish
 from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
-from test_end_to_end import DAY_MS, committed, expected_metrics, make_actions, send, wait_for, wait_for_metrics
+from test_end_to_end import DAY_MS, committed, committed_offsets, expected_metrics, make_actions, send, wait_for, wait_for_metrics
 
 pytestmark = pytest.mark.kafka
 
@@ -111,6 +113,61 @@ def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
     second = pipeline_env.worker("w1").start()
     wait_for_metrics([second], expected_metrics(actions), actions=actions)
     assert second.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[6000, 6000]]
+    second.stop()
+
+
+LOSSY_WORKER = str(Path(__file__).with_name("lossy_worker.py"))
+
+
+def _lossy_worker(pipeline_env, name: str, partition: int, offset: int):
+    """A worker whose consumer loses input message `offset` of `partition` once, as Faust can around a
+    rebalance."""
+    where = f"{pipeline_env.topics.user_actions}:{partition}:{offset}"
+    return pipeline_env.worker(name, launcher=[sys.executable, LOSSY_WORKER, where]).start()
+
+
+def _stores_everything_once(worker, pipeline_env, actions) -> None:
+    topic = pipeline_env.topics.user_actions
+    wait_for_metrics([worker], expected_metrics(actions), actions=actions)
+    assert worker.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[len(actions)] * 2]
+    try:
+        wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) >= len(actions), timeout=60,
+                 what="offsets committed to the end")
+    except TimeoutError:
+        raise AssertionError(f"committed {committed_offsets(pipeline_env.bootstrap, pipeline_env.app_id, topic)}, "
+                             f"stats {worker.stats()}, log {worker.problems(50)}")
+    log = "\n".join(worker.problems(200))
+    assert "were not delivered to the agent; reading again from" in log, log  # the loss was seen and undone
+
+
+def test_a_message_the_consumer_loses_mid_stream_is_read_again(pipeline_env):
+    """Faust records an offset jump as a gap and its next commit passes it. The agent takes each
+    partition in order, so it seeks back to the lost message: every event stored and counted once."""
+    actions = make_actions(2000, seed=13, start=dt.date(2026, 7, 6), days=10, users=80)
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions)
+    worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=100)
+    _stores_everything_once(worker, pipeline_env, actions)
+    assert "lossy_worker: lost" in worker.log_tail(10_000)
+    worker.stop()
+
+
+def test_a_message_lost_at_the_committed_offset_after_a_restart_is_read_again(pipeline_env):
+    """The first message after a restart must be the committed one: Faust's commit check lets one
+    missing offset at the committed head through."""
+    actions = make_actions(2000, seed=14, start=dt.date(2026, 7, 6), days=10, users=80)
+    topic = pipeline_env.topics.user_actions
+    send(pipeline_env.bootstrap, topic, actions[:1000])
+    first = pipeline_env.worker("w1").start()
+    first.wait_consumed(1000)
+    wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) == 1000, timeout=60,
+             what="the first half committed")
+    first.stop()
+    head = committed_offsets(pipeline_env.bootstrap, pipeline_env.app_id, topic)
+    partition = max(head, key=head.get)
+    send(pipeline_env.bootstrap, topic, actions[1000:])
+    second = _lossy_worker(pipeline_env, "w1", partition=partition, offset=head[partition])
+    _stores_everything_once(second, pipeline_env, actions)
+    assert f"lossy_worker: lost {topic}:{partition}:{head[partition]}" in second.log_tail(10_000)
     second.stop()
 
 
