@@ -385,7 +385,10 @@ class Pipeline:
             return
         thread = self.app.consumer._thread  # Faust's aiokafka consumer, which lives in its own thread
         for tp in new:
-            self.continuity.start(tp.partition, await thread.call_thread(thread._ensure_consumer().committed, tp))
+            try:
+                self.continuity.start(tp.partition, await thread.call_thread(thread._ensure_consumer().committed, tp))
+            except Exception as exc:  # then the partition starts wherever its first message is
+                log.warning("could not read the committed offset of input partition %d: %r", tp.partition, exc)
 
     async def _keep_input_continuous(self) -> None:
         """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
@@ -398,8 +401,12 @@ class Pipeline:
         for partition in continuity.resolved:
             consumer._gap[TP(topic, partition)].chop(continuity.expected[partition] - 1, sys.maxsize)
         continuity.resolved.clear()
+        assigned = consumer.assignment()
         for partition, hole in seeks.items():
             tp = TP(topic, partition)
+            if tp not in assigned:  # a stale message of a partition revoked since: its owner re-reads it
+                continuity.forget(partition)
+                continue
             consumer._gap[tp].chop(hole, sys.maxsize)
             try:
                 await consumer.seek(tp, hole)
