@@ -31,7 +31,7 @@ from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partiti
 from .alerts import AlertEngine, StreamClock, load_rules
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
-from .enrich import load_mapping
+from .enrich import SESSION_GAP_MS, load_mapping
 from .outcome import BatchCounts, Source
 from .pipeline import PartitionState, Stages, partition_for_user, process_batch, unpack
 from .scrub import Scrubber, load_policy, scrub_logs
@@ -266,8 +266,20 @@ class Pipeline:
                 else:
                     persisted.extend(value)  # [app, user, days] of each user in the bucket
             state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
+            if state.watermark_ms:
+                state.open_sessions = self._stored_open_sessions(partition, state.watermark_ms)
             self.partition_states[partition] = state
         return state
+
+    def _stored_open_sessions(self, partition: int, watermark_ms: int) -> dict[str, tuple[str, int, int]]:
+        """The sessions a partition's previous owner left open, read back from its stored rows (once,
+        when the partition is taken on). Without them a restart would split sessions in two."""
+        since = watermark_ms - self.stages.limits.allowed_lateness_ms - SESSION_GAP_MS
+        try:
+            return self.writer.open_sessions(partition, since)
+        except Exception as exc:  # sessions then restart here; nothing else depends on them
+            log.warning("could not read the open sessions of input partition %d: %r", partition, exc)
+            return {}
 
     def profile_index(self) -> dict[str, dict]:
         """Profiles by stored user id as a plain dict: the table's store decodes JSON on every read,

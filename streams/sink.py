@@ -105,6 +105,27 @@ class ClickHouseWriter:
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, rows)
 
 
+    def open_sessions(self, partition: int, since_ms: int) -> dict[str, tuple[str, int, int]]:
+        """Each user's latest session in an input partition's stored rows since `since_ms`, as
+        user -> (session id, first event ms, last event ms): what a new owner of the partition
+        continues, so a restart does not split sessions."""
+        with self.lock:
+            rows = self.client.query(OPEN_SESSIONS_SQL, parameters={"partition": partition, "since": since_ms}).result_rows
+        sessions: dict[str, tuple[str, int, int]] = {}
+        for user, session_id, first_ms, last_ms in rows:
+            if user not in sessions or last_ms > sessions[user][2]:
+                sessions[user] = (session_id, int(first_ms), int(last_ms))
+        return sessions
+
+
+OPEN_SESSIONS_SQL = """
+SELECT user, session_id, toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts))
+FROM user_actions
+WHERE kafka_partition = {partition:UInt16} AND ts >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')
+GROUP BY user, session_id
+"""
+
+
 async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what: str,
                            sleep=asyncio.sleep, run=None) -> int:
     """Run the blocking `write` (in a thread) until it succeeds; returns the number of attempts.

@@ -171,6 +171,39 @@ def test_a_message_lost_at_the_committed_offset_after_a_restart_is_read_again(pi
     second.stop()
 
 
+def sessions_in_order(actions) -> set[frozenset]:
+    """The sessions a user's in-order events make: a new one after 30 minutes without an event."""
+    from streams.enrich import SESSION_GAP_MS
+    last_seen, sessions, current = {}, [], {}
+    for action in actions:
+        if action.user not in last_seen or action.start_epoch_ms - last_seen[action.user] > SESSION_GAP_MS:
+            current[action.user] = set()
+            sessions.append(current[action.user])
+        current[action.user].add(action.event_id)
+        last_seen[action.user] = action.start_epoch_ms
+    return {frozenset(session) for session in sessions}
+
+
+def test_a_restart_continues_the_sessions_it_left_open(pipeline_env):
+    """Sessions open when a worker stops go on after its restart: the same sessions as one run."""
+    actions = make_actions(2000, seed=15, start=dt.date(2026, 7, 13), days=1, users=80)
+    topic = pipeline_env.topics.user_actions
+    send(pipeline_env.bootstrap, topic, actions[:1000])
+    first = pipeline_env.worker("w1").start()
+    first.wait_consumed(1000)
+    first.stop()
+    send(pipeline_env.bootstrap, topic, actions[1000:])
+    second = pipeline_env.worker("w1").start()
+    wait_for(lambda: second.query("SELECT uniqExact(event_id) FROM user_actions") == [[2000]], timeout=120,
+             what="every event stored")
+    stored = second.query("SELECT groupArray(event_id) FROM user_actions FINAL GROUP BY session_id")
+    expected = sessions_in_order(actions)
+    across = [s for s in expected if s & {a.event_id for a in actions[:1000]} and s & {a.event_id for a in actions[1000:]}]
+    assert across  # the data has sessions that span the restart
+    assert {frozenset(ids) for (ids,) in stored} == expected
+    second.stop()
+
+
 def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(pipeline_env):
     """ClickHouse goes away under a running worker (its table is taken away, then given back): the
     worker retries with backoff, acknowledges nothing it has not stored, and catches up after."""
