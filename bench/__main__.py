@@ -79,6 +79,9 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     return results
 
 
+ENVELOPE_EVENTS = 2_000_000  # default throughput run with --envelope
+
+
 def plan_from_args(args: argparse.Namespace):
     from .harness import RunPlan
     plan = RunPlan.quick() if args.quick else RunPlan()
@@ -86,6 +89,10 @@ def plan_from_args(args: argparse.Namespace):
         ("events", args.events), ("naive_events", args.naive_events), ("latency_rate", args.latency_rate),
         ("latency_seconds", args.latency_seconds), ("batch_size", args.batch_size),
         ("envelope", args.envelope)) if value is not None}
+    if (args.envelope or 1) > 1 and args.events is None and not args.quick:
+        # with envelopes a 500k run lasts ~15 s, mostly the worker's working set filling:
+        # 2M events (about a minute) show whether memory stays flat after that
+        changes["events"] = ENVELOPE_EVENTS
     plan = dataclasses.replace(plan, **changes)
     if plan.events < 100 or plan.naive_events < 100:
         raise SystemExit("--events and --naive-events must be at least 100 (10% of a run is warm-up)")
@@ -128,7 +135,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting one")
     parser.add_argument("--quick", action="store_true",
                         help="a small run (5k events, 5 s latency) that checks the harness works")
-    parser.add_argument("--events", type=int, help="events for the ceiling and Tally throughput runs (default 500k)")
+    parser.add_argument("--events", type=int, help="events for the ceiling and Tally throughput runs (default 500k; 2M with --envelope)")
     parser.add_argument("--naive-events", type=int, help="events for the naive peer (default 20k)")
     parser.add_argument("--latency-rate", type=float, help="events/s offered in the latency run (default 5000)")
     parser.add_argument("--latency-seconds", type=float, help="length of the latency run (default 30)")

@@ -90,3 +90,19 @@ def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, 
     assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert set(results["targets"]) == {"events_per_s", "ratio_to_ceiling", "p95_ms", "memory_growth"}
     assert "ceiling: bare aiokafka" in run.stdout and "p95" in run.stdout  # the printed table
+
+
+def test_runs_with_envelopes_default_to_two_million_events():
+    """A 500k run with envelopes lasts ~15 s, too short to judge memory past its filling."""
+    import argparse
+
+    from bench.__main__ import _add_arguments, plan_from_args
+    parser = argparse.ArgumentParser()
+    _add_arguments(parser)
+
+    def events(*args: str) -> int:
+        return plan_from_args(parser.parse_args(list(args))).events
+    assert events() == 500_000
+    assert events("--envelope", "125") == 2_000_000
+    assert events("--envelope", "125", "--events", "300000") == 300_000
+    assert events("--envelope", "125", "--quick") == 5_000
