@@ -6,8 +6,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,53 +135,35 @@ def test_empty_result_keeps_its_column_names(ch):
 
 # ---- where queries run -----------------------------------------------------------------------
 
-class _FakeWorker:
-    """Stands in for the worker's web server: POST /query/ -> handle_query_request on `client`."""
-
-    def __init__(self, client):
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                owner.requests += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-                status, answer = analyst.handle_query_request(client, body)
-                payload = json.dumps(answer, default=str).encode()
-                self.send_response(status if self.path.rstrip("/") == "/query" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.requests = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def load_sample_into(data_dir: Path) -> None:
+    """The sample into a data directory's embedded ClickHouse, from a process of its own that exits
+    (chDB lets one process own a data directory at a time)."""
+    code = ("import sys, pathlib; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "from streams import clickhouse\nfrom streams.config import Settings\nimport test_analyst\n"
+            "client = clickhouse.connect(Settings(data_dir=pathlib.Path(sys.argv[3])).clickhouse_dsn)\n"
+            "clickhouse.migrate(client)\ntest_analyst.load_sample(client)\n")
+    here = Path(__file__).resolve().parent
+    subprocess.run([sys.executable, "-c", code, str(here.parent), str(here), str(data_dir)], check=True)
 
 
 @pytest.fixture
-def running_worker(ch, tmp_path, monkeypatch):
-    """A data dir whose worker.json names this (live) process and the fake endpoint over `ch`."""
+def running_worker(pipeline_env, tmp_path, monkeypatch):
+    """A real worker process that owns a data directory holding the sample."""
     for name in ("TALLY_DATA_DIR", "TALLY_CLICKHOUSE"):
         monkeypatch.delenv(name, raising=False)
-    load_sample(ch)
-    worker = _FakeWorker(ch)
-    (tmp_path / "worker.json").write_text(json.dumps({"pid": os.getpid(), "web_port": worker.port}))
-    yield tmp_path, worker
-    worker.close()
+    load_sample_into(tmp_path / "w1")
+    worker = pipeline_env.worker("w1").start()
+
+    def never_open_it(dsn):
+        raise AssertionError(f"opened {dsn} while the worker owns it")
+    monkeypatch.setattr(clickhouse, "connect", never_open_it)
+    yield tmp_path / "w1", worker
+    worker.stop()
 
 
-@pytest.mark.clickhouse
+@pytest.mark.kafka
 def test_query_goes_through_the_running_worker(running_worker, capsys):
-    data_dir, worker = running_worker
+    data_dir, _ = running_worker
     target = analyst.open_query_target(Settings(data_dir=data_dir))
     assert isinstance(target, analyst.WorkerTarget)
     columns, rows = target.query("SELECT user, count() AS n FROM kpi_actions WHERE ds >= {since:Date} "
@@ -195,11 +176,9 @@ def test_query_goes_through_the_running_worker(running_worker, capsys):
     assert tally("query", "SELECT count() AS events FROM kpi_actions", "--data-dir", str(data_dir),
                  "--format", "csv") == 0
     assert capsys.readouterr().out == "events\n6\n"
-    assert not (data_dir / "clickhouse").exists()
-    assert worker.requests == 3
 
 
-@pytest.mark.clickhouse
+@pytest.mark.kafka
 def test_report_through_the_running_worker(running_worker, capsys):
     data_dir, _ = running_worker
     assert tally("report", "dau", "--app", "amundsen", "--since", str(DAY), "--until", str(DAY + dt.timedelta(days=6)),
