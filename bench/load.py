@@ -40,7 +40,7 @@ def generate(events: int, seed: int = SEED, users: int = USERS, today: dt.date |
     start = today - dt.timedelta(days=DAYS)
     key = partition_key()
     actions = generate_actions(seed, start, DAYS, users, events_per_weekday(events) + 1)  # +1: rounding never falls short
-    messages = [(key(a.user, a.app), a.SerializeToString()) for a in itertools.islice(actions, events)]
+    messages = [(key(a.user), a.SerializeToString()) for a in itertools.islice(actions, events)]
     if len(messages) < events:
         raise ValueError(f"generator gave {len(messages)} events, wanted {events}")
     now_ms = int(time.time() * 1000)

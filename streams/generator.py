@@ -372,7 +372,7 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
                              ((key(p.user), p.SerializeToString(), None) for p in profiles))
     if envelope > 1:
         return await publish_envelopes(bootstrap, topic, actions, key, envelope, rate)
-    return await send_with_acks(bootstrap, topic, ((key(a.user, a.app), a.SerializeToString(), None) for a in actions),
+    return await send_with_acks(bootstrap, topic, ((key(a.user), a.SerializeToString(), None) for a in actions),
                                 rate=rate)
 
 
@@ -398,12 +398,12 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
             opened.pop(partition, None)
             first = batch.actions[0]
             futures.append((len(batch.actions), await producer.send(  # keyed like its partition: stored id
-                topic, batch.SerializeToString(), key=key(first.user, first.app), partition=partition,
+                topic, batch.SerializeToString(), key=key(first.user), partition=partition,
                 headers=[ENVELOPE_HEADER])))
 
         sent = 0
         for action in actions:
-            partition = partition_for_user(key(action.user, action.app).decode(), partitions)
+            partition = partition_for_user(key(action.user).decode(), partitions)
             batch = pending.setdefault(partition, UserActionBatch())
             opened.setdefault(partition, time.monotonic())
             batch.actions.append(action)
@@ -431,13 +431,13 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
 
 
 def partition_key():
-    """(user, app) -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
+    """user -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
     TALLY_HMAC_KEY; the same in every app), which is what it partitions by; other keys cost a re-route."""
     from .config import from_env
     from .scrub import Scrubber, load_policy
     settings = from_env()
     scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
-    return lambda user, app="": scrubber.scrub_user(user).encode()
+    return lambda user: scrubber.scrub_user(user).encode()
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -635,9 +635,9 @@ class Scrubber:
             self._pseudonyms[value] = cached
         return cached
 
-    def scrub_user(self, user: str, app: str = "") -> str:
+    def scrub_user(self, user: str) -> str:
         """The user id as it is stored: what joins (profiles, enrich) must look users up by. The same in
-        every app (`app` is not used): the all-apps counts and the profile join depend on it."""
+        every app: the all-apps counts and the profile join depend on it."""
         return self._stored_user(user)[0]
 
     def scrub_row(self, row: dict) -> dict:

@@ -336,7 +336,7 @@ def test_a_user_has_one_stored_id_in_every_app(tmp_path):
     profile = UserProfile(user="ann@example.com")
     scrubber.scrub_profile(profile)
     assert wiki["output"] == "mail ann@example.com"  # the override still applies to text
-    assert wiki["user"] == catalog["user"] == profile.user == scrubber.scrub_user("ann@example.com", "wiki")
+    assert wiki["user"] == catalog["user"] == profile.user == scrubber.scrub_user("ann@example.com")
     columns = {name: [value] for name, value in row(app="wiki", user="ann@example.com", scrubbed_fields=[]).items()}
     assert scrubber.scrub_columns(columns)["user"] == [profile.user]
 
