@@ -86,14 +86,17 @@ class InputContinuity:
     Around a rebalance Faust can fail to deliver a message and then commit past it (faust-streaming
     #216/#221: its fetch loop records an offset jump as a gap that the next commit fills, a rule
     meant for transaction markers, and its commit check lets one missing offset at the committed
-    head through). The input topic has no transaction markers, so here a jump is a hole: messages
-    past it are neither processed nor acked, and the partition is sought back to the hole; messages
-    before it were processed already (a redelivery) and are skipped."""
+    head through). So a jump is a hole until shown otherwise: messages past it are neither processed
+    nor acked, and the partition is sought back to the hole; messages before it were processed
+    already (a redelivery) and are skipped. A hole the broker itself has no record at (transaction
+    markers of a transactional producer, records deleted by retention) is confirmed by a look of
+    its own and then passed."""
 
     def __init__(self) -> None:
         self.expected: dict[int, int] = {}  # partition -> the offset to take next
         self.rewinds: dict[int, tuple[int, float]] = {}  # partition -> (hole, monotonic time of last seek)
         self.to_seek: dict[int, int] = {}   # partition -> offset, for the agent to seek after this step
+        self.to_check: dict[int, tuple[int, int]] = {}  # partition -> a new hole (first, next seen) to look up
         self.resolved: list[int] = []        # partitions whose hole has just been filled
 
     def start(self, partition: int, offset: int | None) -> None:
@@ -110,10 +113,21 @@ class InputContinuity:
             return True
         if offset > expected:
             if partition not in self.rewinds and partition not in self.to_seek:
-                log.error("input partition %d: offsets %d..%d were not delivered to the agent; reading "
-                          "again from %d", partition, expected, offset - 1, expected)
+                self.to_check[partition] = (expected, offset)
             self.to_seek[partition] = expected
         return False
+
+    def pass_hole(self, partition: int, hole: int, next_offset: int) -> bool:
+        """The broker has no record from `hole` up to `next_offset`: go on from there. False if the
+        partition has moved on meanwhile (the hole filled, or the partition revoked)."""
+        if self.expected.get(partition) != hole:
+            return False
+        self.expected[partition] = next_offset
+        if partition in self.rewinds:  # read-ahead past next_offset may still come: skipped quietly
+            self.rewinds[partition] = (next_offset, self.rewinds[partition][1])
+        if partition in self.to_seek:
+            self.to_seek[partition] = next_offset
+        return True
 
     def take_seeks(self, now: float, retry_after: float) -> dict[int, int]:
         """The seeks to make now: holes seen in this step, and holes still open `retry_after` seconds
@@ -131,6 +145,36 @@ class InputContinuity:
         self.expected.pop(partition, None)
         self.rewinds.pop(partition, None)
         self.to_seek.pop(partition, None)
+        self.to_check.pop(partition, None)
+
+
+class BrokerLookup:
+    """A consumer outside the group, started on first use, that looks up which offsets the broker has."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.consumer = None
+        self.lock = asyncio.Lock()
+
+    async def first_offset(self, topic: str, partition: int, offset: int) -> int | None:
+        """The offset of the first record from `offset` on (None: nothing there yet)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        async with self.lock:
+            if self.consumer is None:
+                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                            auto_offset_reset="earliest", max_partition_fetch_bytes=1024)
+                await consumer.start()
+                self.consumer = consumer
+            tp = TopicPartition(topic, partition)
+            self.consumer.assign([tp])
+            self.consumer.seek(tp, offset)
+            records = (await self.consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
+            return records[0].offset if records else None
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
 
 
 def table_set(table, partition: int, key: str, value):
@@ -157,6 +201,8 @@ class Pipeline:
         self.counts = BatchCounts()
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
         self.continuity = InputContinuity()
+        self.hole_checks: set[asyncio.Task] = set()
+        self.broker_lookup = BrokerLookup(settings.bootstrap)
         self.retry = RetryPolicy()
         self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry))
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
@@ -241,6 +287,7 @@ class Pipeline:
         """A clean stop publishes the metric values and alerts still waiting for their interval."""
         await self.flush_metrics()
         self.stopped = True  # the producer stops next: the interval timer must not send any more
+        await self.broker_lookup.stop()
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
         for tp in revoked:
@@ -406,6 +453,11 @@ class Pipeline:
         """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
         its commits wait for the re-read messages (`_gap`: Faust's internal)."""
         continuity = self.continuity
+        for partition, (hole, seen) in continuity.to_check.items():
+            check = asyncio.ensure_future(self._check_hole(partition, hole, seen))
+            self.hole_checks.add(check)
+            check.add_done_callback(self.hole_checks.discard)
+        continuity.to_check.clear()
         seeks = continuity.take_seeks(time.monotonic(), retry_after=1.0)
         if not (seeks or continuity.resolved):
             return
@@ -424,6 +476,30 @@ class Pipeline:
                 await consumer.seek(tp, hole)
             except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
                 log.warning("could not seek input partition %d back to %d: %r", partition, hole, exc)
+
+    async def _check_hole(self, partition: int, hole: int, seen: int) -> None:
+        """Look up a hole at the broker: where it has no records, pass the hole (and give Faust back its
+        gap, so its commits pass it too); where it has, the re-read under way fills the hole. Tried
+        again each second while the hole stays open and the broker cannot say."""
+        topic = self.settings.topics.user_actions
+        while self.continuity.expected.get(partition) == hole:
+            try:
+                first = await self.broker_lookup.first_offset(topic, partition, hole)
+            except Exception as exc:
+                log.warning("could not look up offset %d of input partition %d: %r", hole, partition, exc)
+                first = None
+            if first == hole:
+                log.error("input partition %d: offsets %d..%d were not delivered to the agent; reading "
+                          "again from %d", partition, hole, seen - 1, hole)
+                return
+            if first is not None:
+                if self.continuity.pass_hole(partition, hole, first):
+                    log.info("input partition %d: the broker has no records at offsets %d..%d (transaction "
+                             "markers, or deleted by retention); going on from %d", partition, hole, first - 1,
+                             first)
+                    await self.app.consumer._add_gap(TP(topic, partition), hole, first - 1)
+                return
+            await asyncio.sleep(1.0)
 
     def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
         """The CPU part of a step: every partition's messages through `process_batch`, the results

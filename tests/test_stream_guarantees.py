@@ -171,6 +171,43 @@ def test_a_message_lost_at_the_committed_offset_after_a_restart_is_read_again(pi
     second.stop()
 
 
+async def publish_in_transactions(bootstrap: str, topic: str, actions, per_transaction: int) -> None:
+    """As a transactional producer does (Kafka Streams or Flink with exactly-once, any client with a
+    transactional id): each transaction leaves a commit marker at an offset of every partition it
+    wrote, an offset no message fills."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"tx-{uuid.uuid4().hex[:8]}",
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        for first in range(0, len(actions), per_transaction):
+            async with producer.transaction():
+                for action in actions[first:first + per_transaction]:
+                    await producer.send(topic, action.SerializeToString(), key=action.user.encode())
+    finally:
+        await producer.stop()
+
+
+def test_input_from_a_transactional_producer_is_taken_whole(pipeline_env):
+    """The commit markers' offsets are holes that no re-read fills: the worker confirms each with the
+    broker and goes on; every event is stored once and the offsets are committed to the end."""
+    actions = make_actions(1200, seed=16, start=dt.date(2026, 7, 20), days=5, users=60)
+    topic = pipeline_env.topics.user_actions
+    asyncio.run(publish_in_transactions(pipeline_env.bootstrap, topic, actions, per_transaction=100))
+    worker = pipeline_env.worker("w1").start()
+    wait_for_metrics([worker], expected_metrics(actions), actions=actions)
+    assert worker.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[1200, 1200]]
+    after_last_message = {}  # a partition's last marker follows its last message: no commit passes it
+    for message in asyncio.run(read_topic(pipeline_env.bootstrap, topic)):
+        after_last_message[message.partition] = max(after_last_message.get(message.partition, 0), message.offset + 1)
+    wait_for(lambda: committed_offsets(pipeline_env.bootstrap, pipeline_env.app_id, topic) == after_last_message,
+             timeout=60, what="offsets committed past every marker between messages")
+    assert "the broker has no records at offsets" in worker.log_tail(100_000)
+    worker.stop()
+
+
 def sessions_in_order(actions) -> set[frozenset]:
     """The sessions a user's in-order events make: a new one after 30 minutes without an event."""
     from streams.enrich import SESSION_GAP_MS
