@@ -101,16 +101,23 @@ def test_bad_good_and_duplicate_messages_all_add_up(pipeline_env):
     worker.stop()
 
 
+def restarted_midway(pipeline_env, actions, stop_signal: int = signal.SIGTERM):
+    """The first half of `actions` through a worker that is then stopped, the rest sent, and the worker
+    started again on the same data directory."""
+    half = len(actions) // 2
+    topic = pipeline_env.topics.user_actions
+    send(pipeline_env.bootstrap, topic, actions[:half])
+    first = pipeline_env.worker("w1").start()
+    first.wait_consumed(half)
+    first.stop(stop_signal)
+    send(pipeline_env.bootstrap, topic, actions[half:])
+    return pipeline_env.worker("w1").start()
+
+
 def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
     actions = make_actions(6000, seed=3, start=dt.date(2026, 8, 3), days=35, users=150)
-    topic = pipeline_env.topics.user_actions
-    send(pipeline_env.bootstrap, topic, actions[:3000])
-    first = pipeline_env.worker("w1").start()
-    first.wait_consumed(3000)
-    first.stop(signal.SIGKILL)  # no clean shutdown: state comes back from the changelogs
-
-    send(pipeline_env.bootstrap, topic, actions[3000:])
-    second = pipeline_env.worker("w1").start()
+    # no clean shutdown: state comes back from the changelogs
+    second = restarted_midway(pipeline_env, actions, signal.SIGKILL)
     wait_for_metrics([second], expected_metrics(actions), actions=actions)
     assert second.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[6000, 6000]]
     second.stop()
@@ -224,13 +231,7 @@ def sessions_in_order(actions) -> set[frozenset]:
 def test_a_restart_continues_the_sessions_it_left_open(pipeline_env):
     """Sessions open when a worker stops go on after its restart: the same sessions as one run."""
     actions = make_actions(2000, seed=15, start=dt.date(2026, 7, 13), days=1, users=80)
-    topic = pipeline_env.topics.user_actions
-    send(pipeline_env.bootstrap, topic, actions[:1000])
-    first = pipeline_env.worker("w1").start()
-    first.wait_consumed(1000)
-    first.stop()
-    send(pipeline_env.bootstrap, topic, actions[1000:])
-    second = pipeline_env.worker("w1").start()
+    second = restarted_midway(pipeline_env, actions)
     wait_for(lambda: second.query("SELECT uniqExact(event_id) FROM user_actions") == [[2000]], timeout=120,
              what="every event stored")
     stored = second.query("SELECT groupArray(event_id) FROM user_actions FINAL GROUP BY session_id")
