@@ -104,7 +104,6 @@ class ClickHouseWriter:
         self.stats.last_batch_rows = rows
         self.stats.max_batch_rows = max(self.stats.max_batch_rows, rows)
 
-
     def open_sessions(self, partition: int, since_ms: int) -> dict[str, tuple[str, int, int]]:
         """Each user's latest session in an input partition's stored rows since `since_ms`, as
         user -> (session id, first event ms, last event ms): what a new owner of the partition
