@@ -81,7 +81,7 @@ class DurableWrite:
 
 
 class InputContinuity:
-    """The agent takes each input partition's messages strictly in offset order.
+    """An agent takes each partition of its topic strictly in offset order.
 
     Around a rebalance Faust can fail to deliver a message and then commit past it (faust-streaming
     #216/#221: its fetch loop records an offset jump as a gap that the next commit fills, a rule
@@ -92,7 +92,8 @@ class InputContinuity:
     markers of a transactional producer, records deleted by retention) is confirmed by a look of
     its own and then passed."""
 
-    def __init__(self) -> None:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
         self.expected: dict[int, int] = {}  # partition -> the offset to take next
         self.rewinds: dict[int, tuple[int, float]] = {}  # partition -> (hole, monotonic time of last seek)
         self.to_seek: dict[int, int] = {}   # partition -> offset, for the agent to seek after this step
@@ -200,7 +201,8 @@ class Pipeline:
         self.settings = settings
         self.counts = BatchCounts()
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
-        self.continuity = InputContinuity()
+        self.continuity = InputContinuity(settings.topics.user_actions)
+        self.partials_order = InputContinuity(f"{settings.app_id}-{PARTIALS_TOPIC}")
         self.hole_checks: set[asyncio.Task] = set()
         self.broker_lookup = BrokerLookup(settings.bootstrap)
         self.retry = RetryPolicy()
@@ -295,6 +297,8 @@ class Pipeline:
                 self.partition_states.pop(tp.partition, None)
                 self.continuity.forget(tp.partition)
                 self.reported_idle.discard(tp.partition)  # its next owner reports it
+            elif tp.topic == self.partials_order.topic:
+                self.partials_order.forget(tp.partition)
         self._profile_index = None  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
@@ -347,9 +351,9 @@ class Pipeline:
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
             async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
-                await self._learn_where_partitions_start(events)
+                await self._learn_where_partitions_start(self.continuity, events)
                 self.run_stages(events, self.pending)
-                await self._keep_input_continuous()
+                await self._keep_in_order(self.continuity)
                 if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                     while self.in_flight is not None and not self.in_flight.done():
                         await self.in_flight  # at most one batch in flight: backpressure
@@ -367,7 +371,8 @@ class Pipeline:
         shutdown waiting for its events to be acked); quiet partitions are reported idle."""
         while True:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
-            await self._keep_input_continuous()
+            await self._keep_in_order(self.continuity)
+            await self._keep_in_order(self.partials_order)
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
             try:
@@ -435,33 +440,35 @@ class Pipeline:
         for event in write.batch.events:
             await self._actions_stream.ack(event)
 
-    async def _learn_where_partitions_start(self, events) -> None:
-        """The committed offset of each partition first seen since its assignment, asked of the broker:
-        Faust can deliver messages before its own seek to the committed offsets has finished."""
-        expected = self.continuity.expected
-        new = {event.message.tp for event in events if event.message.partition not in expected}
-        if not new:
-            return
+    async def _learn_where_partitions_start(self, continuity: InputContinuity, events) -> None:
+        """Where each partition first seen since its assignment starts, asked of the broker: its
+        committed offset, else (a new group reads from the earliest) its first record. Faust can
+        deliver messages before its own seek to the committed offsets has finished."""
+        expected = continuity.expected
+        new = {event.message.partition for event in events if event.message.partition not in expected}
         thread = self.app.consumer._thread  # Faust's aiokafka consumer, which lives in its own thread
-        for tp in new:
+        for partition in new:
+            tp = TP(continuity.topic, partition)
             try:
-                self.continuity.start(tp.partition, await thread.call_thread(thread._ensure_consumer().committed, tp))
+                start = await thread.call_thread(thread._ensure_consumer().committed, tp)
+                if start is None:
+                    start = await self.broker_lookup.first_offset(continuity.topic, partition, 0)
+                continuity.start(partition, start)
             except Exception as exc:  # then the partition starts wherever its first message is
-                log.warning("could not read the committed offset of input partition %d: %r", tp.partition, exc)
+                log.warning("could not read where %s partition %d starts: %r", continuity.topic, partition, exc)
 
-    async def _keep_input_continuous(self) -> None:
+    async def _keep_in_order(self, continuity: InputContinuity) -> None:
         """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
         its commits wait for the re-read messages (`_gap`: Faust's internal)."""
-        continuity = self.continuity
         for partition, (hole, seen) in continuity.to_check.items():
-            check = asyncio.ensure_future(self._check_hole(partition, hole, seen))
+            check = asyncio.ensure_future(self._check_hole(continuity, partition, hole, seen))
             self.hole_checks.add(check)
             check.add_done_callback(self.hole_checks.discard)
         continuity.to_check.clear()
         seeks = continuity.take_seeks(time.monotonic(), retry_after=1.0)
         if not (seeks or continuity.resolved):
             return
-        consumer, topic = self.app.consumer, self.settings.topics.user_actions
+        consumer, topic = self.app.consumer, continuity.topic
         for partition in continuity.resolved:
             consumer._gap[TP(topic, partition)].chop(continuity.expected[partition] - 1, sys.maxsize)
         continuity.resolved.clear()
@@ -475,28 +482,28 @@ class Pipeline:
             try:
                 await consumer.seek(tp, hole)
             except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
-                log.warning("could not seek input partition %d back to %d: %r", partition, hole, exc)
+                log.warning("could not seek %s partition %d back to %d: %r", topic, partition, hole, exc)
 
-    async def _check_hole(self, partition: int, hole: int, seen: int) -> None:
+    async def _check_hole(self, continuity: InputContinuity, partition: int, hole: int, seen: int) -> None:
         """Look up a hole at the broker: where it has no records, pass the hole (and give Faust back its
         gap, so its commits pass it too); where it has, the re-read under way fills the hole. Tried
         again each second while the hole stays open and the broker cannot say."""
-        topic = self.settings.topics.user_actions
-        while self.continuity.expected.get(partition) == hole:
+        topic = continuity.topic
+        while continuity.expected.get(partition) == hole:
             try:
                 first = await self.broker_lookup.first_offset(topic, partition, hole)
             except Exception as exc:
-                log.warning("could not look up offset %d of input partition %d: %r", hole, partition, exc)
+                log.warning("could not look up offset %d of %s partition %d: %r", hole, topic, partition, exc)
                 first = None
             if first == hole:
-                log.error("input partition %d: offsets %d..%d were not delivered to the agent; reading "
-                          "again from %d", partition, hole, seen - 1, hole)
+                log.error("%s partition %d: offsets %d..%d were not delivered to the agent; reading again "
+                          "from %d", topic, partition, hole, seen - 1, hole)
                 return
             if first is not None:
-                if self.continuity.pass_hole(partition, hole, first):
-                    log.info("input partition %d: the broker has no records at offsets %d..%d (transaction "
-                             "markers, or deleted by retention); going on from %d", partition, hole, first - 1,
-                             first)
+                if continuity.pass_hole(partition, hole, first):
+                    log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction "
+                             "markers, or deleted by retention); going on from %d", topic, partition, hole,
+                             first - 1, first)
                     await self.app.consumer._add_gap(TP(topic, partition), hole, first - 1)
                 return
             await asyncio.sleep(1.0)
@@ -605,7 +612,14 @@ class Pipeline:
     async def totals_agent(self, stream) -> None:
         """Sums the partitions' counts into exact totals (the partials topic has one partition, so
         one worker owns every total and the alert rules see them all)."""
+        order = self.partials_order
         async for event in stream.events():
+            # partials apply idempotently (each count is a partition's latest): a re-read is harmless
+            await self._learn_where_partitions_start(order, [event])
+            taken = order.admit(event.message.partition, event.message.offset)
+            await self._keep_in_order(order)
+            if not taken:
+                continue
             partial = json.loads(event.value)
             progress = partial["partitions"]  # JSON keys: partition numbers as strings
             sends = []

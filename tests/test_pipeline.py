@@ -152,7 +152,7 @@ def test_the_agent_takes_each_partition_in_offset_order_and_rewinds_to_a_hole():
     again (or the broker shows it has no records there), and a redelivery of what was taken already
     is skipped."""
     from streams.app import InputContinuity
-    continuity = InputContinuity()
+    continuity = InputContinuity("user-actions")
     continuity.start(0, 10)  # partition 0 committed at 10; partition 1 never committed
     taken = [(p, o) for p, o in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 14), (0, 15), (1, 5)]
              if continuity.admit(p, o)]
@@ -172,7 +172,7 @@ def test_a_hole_at_the_committed_offset_is_a_hole_too():
     """The first message after an assignment must be the committed one: Faust lets one missing offset
     at the committed head through its commit check."""
     from streams.app import InputContinuity
-    continuity = InputContinuity()
+    continuity = InputContinuity("user-actions")
     continuity.start(2, 500)
     assert not continuity.admit(2, 501)
     assert continuity.take_seeks(now=0.0, retry_after=1.0) == {2: 500}
@@ -185,7 +185,7 @@ def test_a_hole_the_broker_has_no_records_at_is_passed():
     """Transaction markers and records deleted by retention leave offsets no message will ever fill:
     once the broker says so, the partition goes on from its next record."""
     from streams.app import InputContinuity
-    continuity = InputContinuity()
+    continuity = InputContinuity("user-actions")
     continuity.start(0, 10)
     assert not continuity.admit(0, 12)  # 10..11: say a commit marker and a deleted record
     assert continuity.to_check == {0: (10, 12)}

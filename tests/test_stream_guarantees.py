@@ -126,10 +126,10 @@ def test_killed_worker_restarts_with_the_same_numbers(pipeline_env):
 LOSSY_WORKER = str(Path(__file__).with_name("lossy_worker.py"))
 
 
-def _lossy_worker(pipeline_env, name: str, partition: int, offset: int):
-    """A worker whose consumer loses input message `offset` of `partition` once, as Faust can around a
-    rebalance."""
-    where = f"{pipeline_env.topics.user_actions}:{partition}:{offset}"
+def _lossy_worker(pipeline_env, name: str, partition: int, offset: int, topic: str | None = None):
+    """A worker whose consumer loses message `offset` of `partition` of `topic` (default: the input)
+    once, as Faust can around a rebalance."""
+    where = f"{topic or pipeline_env.topics.user_actions}:{partition}:{offset}"
     return pipeline_env.worker(name, launcher=[sys.executable, LOSSY_WORKER, where]).start()
 
 
@@ -176,6 +176,23 @@ def test_a_message_lost_at_the_committed_offset_after_a_restart_is_read_again(pi
     _stores_everything_once(second, pipeline_env, actions)
     assert f"lossy_worker: lost {topic}:{partition}:{head[partition]}" in second.log_tail(10_000)
     second.stop()
+
+
+def test_a_lost_count_message_is_read_again(pipeline_env):
+    """The partitions' counts reach the totals agent over an internal topic, read in offset order
+    too: the first day's counts, lost once by the consumer, still make the published totals."""
+    from streams.app import PARTIALS_TOPIC
+    first_day = make_actions(300, seed=17, start=dt.date(2026, 6, 1), days=1, users=40)
+    later = make_actions(900, seed=18, start=dt.date(2026, 6, 3), days=3, users=40)
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, first_day)
+    worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=0,
+                           topic=f"{pipeline_env.app_id}-{PARTIALS_TOPIC}")
+    worker.wait_consumed(len(first_day))
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, later)
+    wait_for_metrics([worker], expected_metrics(first_day + later), actions=first_day + later)
+    log = worker.log_tail(100_000)
+    assert "lossy_worker: lost" in log and "were not delivered to the agent; reading again from 0" in log
+    worker.stop()
 
 
 async def publish_in_transactions(bootstrap: str, topic: str, actions, per_transaction: int) -> None:
