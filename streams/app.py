@@ -97,11 +97,12 @@ class InputContinuity:
         self.expected: dict[int, int] = {}  # partition -> the offset to take next
         self.rewinds: dict[int, tuple[int, float]] = {}  # partition -> (hole, monotonic time of last seek)
         self.to_seek: dict[int, int] = {}   # partition -> offset, for the agent to seek after this step
-        self.to_check: dict[int, tuple[int, int]] = {}  # partition -> a new hole (first, next seen) to look up
+        self.to_check: dict[int, tuple[int, int]] = {}  # partition -> (new hole, offset seen past it)
         self.resolved: list[int] = []        # partitions whose hole has just been filled
 
     def start(self, partition: int, offset: int | None) -> None:
-        """Where a newly assigned partition starts: its committed offset (None: anywhere)."""
+        """Where a newly assigned partition starts: its committed offset, or for a new group its first
+        record (None: anywhere)."""
         if offset is not None:
             self.expected[partition] = offset
 
@@ -204,6 +205,7 @@ class Pipeline:
         self.continuity = InputContinuity(settings.topics.user_actions)
         self.partials_order = InputContinuity(f"{settings.app_id}-{PARTIALS_TOPIC}")
         self.hole_checks: set[asyncio.Task] = set()
+        self.offset_holes = {"reread": 0, "passed": 0}  # for /stats/ and /metrics/
         self.broker_lookup = BrokerLookup(settings.bootstrap)
         self.retry = RetryPolicy()
         self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry))
@@ -496,11 +498,13 @@ class Pipeline:
                 log.warning("could not look up offset %d of %s partition %d: %r", hole, topic, partition, exc)
                 first = None
             if first == hole:
+                self.offset_holes["reread"] += 1
                 log.error("%s partition %d: offsets %d..%d were not delivered to the agent; reading again "
                           "from %d", topic, partition, hole, seen - 1, hole)
                 return
             if first is not None:
                 if continuity.pass_hole(partition, hole, first):
+                    self.offset_holes["passed"] += 1
                     log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction "
                              "markers, or deleted by retention); going on from %d", topic, partition, hole,
                              first - 1, first)

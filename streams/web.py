@@ -33,6 +33,7 @@ def _stats(pipeline) -> dict:
         "sink": {"inserts": sink.inserts, "rows": sink.rows, "insert_seconds": round(sink.insert_seconds, 3),
                  "last_batch_rows": sink.last_batch_rows, "max_batch_rows": sink.max_batch_rows},
         "consumer_lag": lag, "metric_updates": pipeline.metrics_emitted,
+        "offset_holes": dict(pipeline.offset_holes),
         "alerts_firing": pipeline.alerts.state(),
     }
 
@@ -57,6 +58,8 @@ def prometheus_text(stats: dict) -> str:
     metric("consumer_lag", "gauge", "messages not yet processed per input partition",
            [(f'{{partition="{p}"}}', n) for p, n in sorted(stats["consumer_lag"].items())])
     metric("metric_updates_total", "counter", "MetricUpdate messages published", [("", stats["metric_updates"])])
+    metric("offset_holes_total", "counter", "offset jumps: re-read (a message the consumer dropped) or passed "
+           "(no record at the broker)", [(f'{{outcome="{o}"}}', n) for o, n in sorted(stats["offset_holes"].items())])
     return "\n".join(lines) + "\n"
 
 
