@@ -204,6 +204,8 @@ class Pipeline:
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
         self.continuity = InputContinuity(settings.topics.user_actions)
         self.partials_order = InputContinuity(f"{settings.app_id}-{PARTIALS_TOPIC}")
+        self.profiles_order = InputContinuity(settings.topics.user_profiles)
+        self.ordered_topics = (self.continuity, self.partials_order, self.profiles_order)
         self.hole_checks: set[asyncio.Task] = set()
         self.offset_holes = {"reread": 0, "passed": 0}  # for /stats/ and /metrics/
         self.broker_lookup = BrokerLookup(settings.bootstrap)
@@ -297,10 +299,10 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.partition_states.pop(tp.partition, None)
-                self.continuity.forget(tp.partition)
                 self.reported_idle.discard(tp.partition)  # its next owner reports it
-            elif tp.topic == self.partials_order.topic:
-                self.partials_order.forget(tp.partition)
+            for order in self.ordered_topics:
+                if tp.topic == order.topic:
+                    order.forget(tp.partition)
         self._profile_index = None  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
@@ -373,8 +375,8 @@ class Pipeline:
         shutdown waiting for its events to be acked); quiet partitions are reported idle."""
         while True:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
-            await self._keep_in_order(self.continuity)
-            await self._keep_in_order(self.partials_order)
+            for order in self.ordered_topics:
+                await self._keep_in_order(order)
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
             try:
@@ -585,9 +587,13 @@ class Pipeline:
             self.consumed_offsets[partition] = high
 
     async def profiles_agent(self, stream) -> None:
+        order = self.profiles_order
         async for events in stream.take_events(1000, within=0.5):
+            await self._learn_where_partitions_start(order, events)
             rows, sends = [], []
             for event in events:
+                if not order.admit(event.message.partition, event.message.offset):
+                    continue  # re-read in order after the hole: a profile is the user's latest
                 profile = UserProfile()
                 try:
                     profile.ParseFromString(event.message.value or b"")
@@ -612,6 +618,7 @@ class Pipeline:
             await write_with_retry(lambda: self.writer.insert("user_profiles", rows, PROFILE_COLUMNS, token),
                                    self.retry, f"insert of {len(rows)} profiles")
             await asyncio.gather(*sends)
+            await self._keep_in_order(order)
 
     async def totals_agent(self, stream) -> None:
         """Sums the partitions' counts into exact totals (the partials topic has one partition, so

@@ -200,6 +200,18 @@ def test_a_lost_count_message_is_read_again(pipeline_env):
     worker.stop()
 
 
+def test_a_lost_profile_is_read_again(pipeline_env):
+    """Profiles are read in offset order too: one lost once by the consumer is still stored."""
+    from streams.contract import UserProfile
+    profiles = [UserProfile(user=f"user-{i}", title=f"title-{i}", updated_epoch_ms=1) for i in range(40)]
+    asyncio.run(publish(pipeline_env.bootstrap, pipeline_env.topics.user_profiles,
+                        [(p.user.encode(), p.SerializeToString()) for p in profiles]))
+    worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=0, topic=pipeline_env.topics.user_profiles)
+    wait_for(lambda: worker.query("SELECT count() FROM user_profiles FINAL") == [[40]], what="every profile stored")
+    assert worker.stats()["offset_holes"]["reread"] == 1
+    worker.stop()
+
+
 async def publish_in_transactions(bootstrap: str, topic: str, actions, per_transaction: int) -> None:
     """As a transactional producer does (Kafka Streams or Flink with exactly-once, any client with a
     transactional id): each transaction leaves a commit marker at an offset of every partition it
