@@ -202,10 +202,10 @@ class Pipeline:
         self.settings = settings
         self.counts = BatchCounts()
         self.consumed_offsets: dict[int, int] = {}  # partition -> last offset processed
-        self.continuity = InputContinuity(settings.topics.user_actions)
+        self.actions_order = InputContinuity(settings.topics.user_actions)
         self.partials_order = InputContinuity(f"{settings.app_id}-{PARTIALS_TOPIC}")
         self.profiles_order = InputContinuity(settings.topics.user_profiles)
-        self.ordered_topics = (self.continuity, self.partials_order, self.profiles_order)
+        self.ordered_topics = (self.actions_order, self.partials_order, self.profiles_order)
         self.hole_checks: set[asyncio.Task] = set()
         self.offset_holes = {"reread": 0, "passed": 0}  # for /stats/ and /metrics/
         self.broker_lookup = BrokerLookup(settings.bootstrap)
@@ -355,9 +355,9 @@ class Pipeline:
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
             async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
-                await self._learn_where_partitions_start(self.continuity, events)
+                await self._learn_where_partitions_start(self.actions_order, events)
                 self.run_stages(events, self.pending)
-                await self._keep_in_order(self.continuity)
+                await self._keep_in_order(self.actions_order)
                 if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                     while self.in_flight is not None and not self.in_flight.done():
                         await self.in_flight  # at most one batch in flight: backpressure
@@ -522,10 +522,10 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         if not batch.events:
             batch.started = time.monotonic()  # a batch's age counts from its first event
-        continuity = self.continuity
+        order = self.actions_order
         for event in events:
             message = event.message
-            if not continuity.admit(message.partition, message.offset):
+            if not order.admit(message.partition, message.offset):
                 # Its offset is acked through the copy that is taken; marked so that Faust's
                 # wait_empty (rebalance, shutdown) does not wait for this one.
                 message.acked = True
