@@ -220,6 +220,8 @@ class Pipeline:
         self.stream_clock = StreamClock()  # the input partitions' event time, for alerts
         self.newest_event_ms: dict[str, int] = {}  # app -> its newest event time, for alerts
         self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message
+        self.last_step = time.monotonic()  # when the actions agent last took messages
+        self.stall_checked: dict[int, int] = {}  # input partition -> the highwater it was last checked at
         self.reported_idle: set[int] = set()
         self.started = time.monotonic()
         self.pending_alerts: list[Alert] = []
@@ -383,6 +385,10 @@ class Pipeline:
                 await self._report_idle_partitions()
             except Exception as exc:  # only the alerts' clock waits for the next try: keep cutting batches
                 log.warning("could not report idle partitions: %r", exc)
+            try:
+                await self._catch_stalled_partitions()
+            except Exception as exc:
+                log.warning("could not look for stalled input partitions: %r", exc)
 
     async def _report_idle_partitions(self) -> None:
         """Input partitions that are caught up and have had nothing new for `idle_partition_seconds`
@@ -484,35 +490,69 @@ class Pipeline:
                 continue
             consumer._gap[tp].chop(hole, sys.maxsize)
             try:
-                await consumer.seek(tp, hole)
+                # in the aiokafka consumer's own thread: its seek wakes that thread's fetch task, which a
+                # seek from this thread (Faust's Consumer.seek) can leave asleep; then what Faust's
+                # seek does besides, so its fetch loop takes the re-read messages
+                thread = consumer._thread
+                await thread.call_thread(thread._ensure_consumer().seek, tp, hole)
+                consumer._read_offset[tp] = hole or None
             except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
                 log.warning("could not seek %s partition %d back to %d: %r", topic, partition, hole, exc)
+
+    async def _catch_stalled_partitions(self, idle_seconds: float = 2.0) -> None:
+        """With the agent idle, an input partition whose broker has records past the offset the agent
+        expects next is a hole with nothing after it, which no later message can reveal: seen when
+        Faust dropped a partition's whole backlog at a restart. It is checked and re-read as any hole
+        (once per highwater, so an idle partition ending in a transaction marker is looked up once)."""
+        if (time.monotonic() - self.last_step < idle_seconds or self.pending.events
+                or (self.in_flight is not None and not self.in_flight.done())):
+            return
+        order, consumer = self.actions_order, self.app.consumer
+        thread = consumer._thread
+        for tp in consumer.assignment():
+            partition = tp.partition
+            if tp.topic != order.topic or partition in order.rewinds or partition in order.to_seek:
+                continue
+            high = consumer.highwater(tp)
+            if not high or self.stall_checked.get(partition) == high:
+                continue
+            expected = order.expected.get(partition)
+            if expected is None:
+                expected = await thread.call_thread(thread._ensure_consumer().committed, tp)
+                if expected is None:
+                    expected = await self.broker_lookup.first_offset(order.topic, partition, 0)
+            if expected is None or expected >= high:
+                continue
+            self.stall_checked[partition] = high
+            order.expected[partition] = expected
+            order.to_check[partition] = (expected, high)
+            order.to_seek[partition] = expected
+        await self._keep_in_order(order)
 
     async def _check_hole(self, continuity: InputContinuity, partition: int, hole: int, seen: int) -> None:
         """Look up a hole at the broker: where it has no records, pass the hole (and give Faust back its
         gap, so its commits pass it too); where it has, the re-read under way fills the hole. Tried
-        again each second while the hole stays open and the broker cannot say."""
+        again each second while the hole stays open and the broker cannot be asked."""
         topic = continuity.topic
         while continuity.expected.get(partition) == hole:
             try:
                 first = await self.broker_lookup.first_offset(topic, partition, hole)
             except Exception as exc:
                 log.warning("could not look up offset %d of %s partition %d: %r", hole, topic, partition, exc)
-                first = None
+                await asyncio.sleep(1.0)
+                continue
             if first == hole:
                 self.offset_holes["reread"] += 1
                 log.error("%s partition %d: offsets %d..%d were not delivered to the agent; reading again "
                           "from %d", topic, partition, hole, seen - 1, hole)
-                return
-            if first is not None:
-                if continuity.pass_hole(partition, hole, first):
-                    self.offset_holes["passed"] += 1
-                    log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction "
-                             "markers, or deleted by retention); going on from %d", topic, partition, hole,
-                             first - 1, first)
-                    await self.app.consumer._add_gap(TP(topic, partition), hole, first - 1)
-                return
-            await asyncio.sleep(1.0)
+            elif first is None:  # no record from the hole on (a trailing transaction marker): nothing to read
+                continuity.rewinds.pop(partition, None)
+            elif continuity.pass_hole(partition, hole, first):
+                self.offset_holes["passed"] += 1
+                log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction markers, "
+                         "or deleted by retention); going on from %d", topic, partition, hole, first - 1, first)
+                await self.app.consumer._add_gap(TP(topic, partition), hole, first - 1)
+            return
 
     def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
         """The CPU part of a step: every partition's messages through `process_batch`, the results
@@ -540,7 +580,7 @@ class Pipeline:
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
 
-        step_time = time.monotonic()
+        step_time = self.last_step = time.monotonic()
         for partition, messages in by_partition.items():  # every partition with a message in this step
             self.last_input[partition] = step_time
             self.reported_idle.discard(partition)

@@ -137,7 +137,11 @@ def _lossy_worker(pipeline_env, name: str, partition: int, offset: int, topic: s
 def _stores_everything_once(worker, pipeline_env, actions) -> None:
     topic = pipeline_env.topics.user_actions
     wait_for_metrics([worker], expected_metrics(actions), actions=actions)
-    assert worker.query("SELECT count(DISTINCT event_id), count() FROM user_actions FINAL") == [[len(actions)] * 2]
+    stored = "SELECT count(DISTINCT event_id), count() FROM user_actions FINAL"
+    try:
+        wait_for(lambda: worker.query(stored) == [[len(actions)] * 2], timeout=60, what="every event stored once")
+    except TimeoutError:
+        raise AssertionError(f"stored {worker.query(stored)} of {len(actions)}, log {worker.problems(50)}")
     try:
         wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) >= len(actions), timeout=60,
                  what="offsets committed to the end")
@@ -160,6 +164,18 @@ def test_a_message_the_consumer_loses_mid_stream_is_read_again(pipeline_env):
     worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=100)
     _stores_everything_once(worker, pipeline_env, actions)
     assert "lossy_worker: lost" in worker.log_tail(10_000)
+    worker.stop()
+
+
+def test_a_partitions_lost_last_message_is_read_again(pipeline_env):
+    """A hole with nothing after it (here the partition's last message; at a restart Faust has dropped
+    a partition's whole backlog) shows once the worker is idle while the broker has more."""
+    actions = make_actions(1000, seed=19, start=dt.date(2026, 7, 6), days=5, users=60)
+    topic = pipeline_env.topics.user_actions
+    send(pipeline_env.bootstrap, topic, actions)
+    last = max(m.offset for m in asyncio.run(read_topic(pipeline_env.bootstrap, topic)) if m.partition == 0)
+    worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=last)
+    _stores_everything_once(worker, pipeline_env, actions)
     worker.stop()
 
 
