@@ -119,6 +119,13 @@ class InputContinuity:
             self.to_seek[partition] = expected
         return False
 
+    def suspect_hole(self, partition: int, hole: int, high: int) -> None:
+        """Offsets from `hole` up to the broker's `high` never came while the agent sat idle: a hole
+        with nothing after it, to look up and re-read as any other."""
+        self.expected[partition] = hole
+        self.to_check[partition] = (hole, high)
+        self.to_seek[partition] = hole
+
     def pass_hole(self, partition: int, hole: int, next_offset: int) -> bool:
         """The broker has no record from `hole` up to `next_offset`: go on from there. False if the
         partition has moved on meanwhile (the hole filled, or the partition revoked)."""
@@ -456,16 +463,21 @@ class Pipeline:
         deliver messages before its own seek to the committed offsets has finished."""
         expected = continuity.expected
         new = {event.message.partition for event in events if event.message.partition not in expected}
-        thread = self.app.consumer._thread  # Faust's aiokafka consumer, which lives in its own thread
         for partition in new:
-            tp = TP(continuity.topic, partition)
             try:
-                start = await thread.call_thread(thread._ensure_consumer().committed, tp)
-                if start is None:
-                    start = await self.broker_lookup.first_offset(continuity.topic, partition, 0)
-                continuity.start(partition, start)
+                continuity.start(partition, await self._where_partition_starts(TP(continuity.topic, partition)))
             except Exception as exc:  # then the partition starts wherever its first message is
                 log.warning("could not read where %s partition %d starts: %r", continuity.topic, partition, exc)
+
+    async def _where_partition_starts(self, tp: TP) -> int | None:
+        """The group's committed offset, else (a new group reads from the earliest) the first record."""
+        start = await self._in_consumer_thread("committed", tp)
+        return start if start is not None else await self.broker_lookup.first_offset(tp.topic, tp.partition, 0)
+
+    async def _in_consumer_thread(self, method: str, *args):
+        """Call a method of Faust's aiokafka consumer in the thread that consumer lives in."""
+        thread = self.app.consumer._thread
+        return await thread.call_thread(getattr(thread._ensure_consumer(), method), *args)
 
     async def _keep_in_order(self, continuity: InputContinuity) -> None:
         """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
@@ -493,8 +505,7 @@ class Pipeline:
                 # in the aiokafka consumer's own thread: its seek wakes that thread's fetch task, which a
                 # seek from this thread (Faust's Consumer.seek) can leave asleep; then what Faust's
                 # seek does besides, so its fetch loop takes the re-read messages
-                thread = consumer._thread
-                await thread.call_thread(thread._ensure_consumer().seek, tp, hole)
+                await self._in_consumer_thread("seek", tp, hole)
                 consumer._read_offset[tp] = hole or None
             except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
                 log.warning("could not seek %s partition %d back to %d: %r", topic, partition, hole, exc)
@@ -508,7 +519,6 @@ class Pipeline:
                 or (self.in_flight is not None and not self.in_flight.done())):
             return
         order, consumer = self.actions_order, self.app.consumer
-        thread = consumer._thread
         for tp in consumer.assignment():
             partition = tp.partition
             if tp.topic != order.topic or partition in order.rewinds or partition in order.to_seek:
@@ -518,15 +528,11 @@ class Pipeline:
                 continue
             expected = order.expected.get(partition)
             if expected is None:
-                expected = await thread.call_thread(thread._ensure_consumer().committed, tp)
-                if expected is None:
-                    expected = await self.broker_lookup.first_offset(order.topic, partition, 0)
+                expected = await self._where_partition_starts(tp)
             if expected is None or expected >= high:
                 continue
             self.stall_checked[partition] = high
-            order.expected[partition] = expected
-            order.to_check[partition] = (expected, high)
-            order.to_seek[partition] = expected
+            order.suspect_hole(partition, expected, high)
         await self._keep_in_order(order)
 
     async def _check_hole(self, continuity: InputContinuity, partition: int, hole: int, seen: int) -> None:
