@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from streams.config import Settings
+
 from .measure import WARM_UP_FRACTION
 
 MODES = ("stages", "clickhouse")
@@ -27,12 +29,12 @@ def rss_mb() -> float:
 
 
 def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: int = 20_000,
-            step_messages: int = 20) -> dict:
+            step_bytes: int = Settings.step_bytes) -> dict:
     """Run `events` generated events through the stages as the worker steps through them; at every
     `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted into a chDB in `data_dir`).
     Resident memory after each cut, from the first one past the warm-up."""
     from streams.active_users import PartitionActivity
-    from streams.app import PendingBatch
+    from streams.app import PendingBatch, steps_by_size
     from streams.contract import ENVELOPE_HEADER
     from streams.enrich import load_mapping
     from streams.outcome import Source
@@ -56,17 +58,18 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     stages = Stages(Limits(), load_mapping(), Scrubber(load_policy(hmac_key=os.environ.get("TALLY_HMAC_KEY", "bench"))), 1)
     state = PartitionState(PartitionActivity(lateness_days=3))
     pending, done, looks = PendingBatch(), 0, []
-    for first in range(0, len(messages), step_messages):
+    steps = steps_by_size(list(enumerate(messages)), step_bytes, size_of=lambda message: len(message[1][0]))
+    for number, step in enumerate(steps, start=1):
         items = []
-        for offset, (value, headers) in enumerate(messages[first:first + step_messages], start=first):
+        for offset, (value, headers) in step:
             unpacked, _ = unpack(value, headers, Source("bench", 0, offset, len(value)), stages, int(time.time() * 1000))
             items.extend(unpacked)
         pending.add_rows(process_batch(items, state, stages, {}).columns)
         done += len(items)
-        if pending.row_count >= batch_rows or first + step_messages >= len(messages):
+        if pending.row_count >= batch_rows or number == len(steps):
             state.activity.take_changed_buckets()  # what the worker persists when it cuts a batch
             if writer is not None:
-                writer.insert_columns("user_actions", pending.columns, USER_ACTION_COLUMNS, f"memory-{first}")
+                writer.insert_columns("user_actions", pending.columns, USER_ACTION_COLUMNS, f"memory-{number}")
             pending = PendingBatch()
             if done >= events * WARM_UP_FRACTION:
                 looks.append(round(rss_mb(), 1))

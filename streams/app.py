@@ -186,6 +186,24 @@ class BrokerLookup:
             self.consumer = None
 
 
+def message_bytes(event) -> int:
+    return len(event.message.value or b"")
+
+
+def steps_by_size(events: list, step_bytes: int, size_of=message_bytes) -> list[list]:
+    """Consecutive runs of `events`, each ending at the first message that brings it to `step_bytes`."""
+    steps, step, size = [], [], 0
+    for event in events:
+        step.append(event)
+        size += size_of(event)
+        if size >= step_bytes:
+            steps.append(step)
+            step, size = [], 0
+    if step:
+        steps.append(step)
+    return steps
+
+
 def table_set(table, partition: int, key: str, value):
     """Write a table key to an explicit changelog partition; returns the send's future.
 
@@ -354,23 +372,27 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Steps of up to `take_messages` Kafka messages go through the stages (CPU, this thread) and
-        accumulate; at `sink_batch_size` rows or `sink_batch_seconds`, the batch is cut and made
-        durable (ClickHouse in an executor thread, Kafka sends) while the next steps run. Events are
+        """Takes of up to `take_messages` Kafka messages go through the stages (CPU, this thread) in
+        steps of about `step_bytes`, so a step's fixed costs are spread over a few thousand events
+        whether they come one per message or in envelopes. Steps accumulate; at `sink_batch_size`
+        rows or `sink_batch_seconds`, the batch is cut and made durable (ClickHouse in an executor
+        thread, Kafka sends) while the next steps run. Events are
         acked by hand once their batch is durable, so offsets never pass rows ClickHouse doesn't
         have; batches become durable one at a time, in order."""
         s = self.settings
         self._actions_stream = stream
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
-            async for events in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
-                await self._learn_where_partitions_start(self.actions_order, events)
-                self.run_stages(events, self.pending)
-                await self._keep_in_order(self.actions_order)
-                if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
-                    while self.in_flight is not None and not self.in_flight.done():
-                        await self.in_flight  # at most one batch in flight: backpressure
-                    self._cut_and_flush()
+            async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
+                for events in steps_by_size(taken, s.step_bytes):
+                    await self._learn_where_partitions_start(self.actions_order, events)
+                    self.run_stages(events, self.pending)
+                    await self._keep_in_order(self.actions_order)
+                    if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
+                        while self.in_flight is not None and not self.in_flight.done():
+                            await self.in_flight  # at most one batch in flight: backpressure
+                        self._cut_and_flush()
+                    await asyncio.sleep(0)  # a long take must not hold up the fetcher, acks and heartbeats
         finally:
             ticker.cancel()
             if self.in_flight is not None and not self.in_flight.done():

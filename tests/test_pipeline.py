@@ -199,6 +199,18 @@ def test_a_hole_the_broker_has_no_records_at_is_passed():
     assert not continuity.pass_hole(0, 10, 12)  # a late answer changes nothing
 
 
+def test_a_take_is_cut_into_steps_by_size_in_order():
+    """A take of single actions or of envelopes goes through the stages in steps of about the same
+    number of bytes; every message is in exactly one step, in the order taken."""
+    from types import SimpleNamespace
+    from streams.app import steps_by_size
+    taken = [SimpleNamespace(message=SimpleNamespace(value=b"x" * size)) for size in (300, 300, 5000, 300, 300, 300)]
+    steps = steps_by_size(taken, 1000)
+    assert [[len(e.message.value) for e in step] for step in steps] == [[300, 300, 5000], [300, 300, 300]]
+    assert [e for step in steps for e in step] == taken
+    assert steps_by_size([], 1000) == []
+
+
 def test_a_pending_batch_holds_one_value_per_row_in_every_column():
     """Steps accumulate into one insert: every column must hold exactly one value per row."""
     from streams.app import PendingBatch
