@@ -383,7 +383,8 @@ class Pipeline:
         self._actions_stream = stream
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
-            async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 2):
+            # a take that does not fill waits at most a tenth of a batch: under light load events go on at once
+            async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
                 for events in steps_by_size(taken, s.step_bytes):
                     await self._learn_where_partitions_start(self.actions_order, events)
                     self.run_stages(events, self.pending)
@@ -661,6 +662,7 @@ class Pipeline:
             rows, sends = [], []
             for event in events:
                 if not order.admit(event.message.partition, event.message.offset):
+                    event.message.acked = True  # not acked here: its copy read again after the hole is
                     continue  # re-read in order after the hole: a profile is the user's latest
                 profile = UserProfile()
                 try:
@@ -698,6 +700,7 @@ class Pipeline:
             taken = order.admit(event.message.partition, event.message.offset)
             await self._keep_in_order(order)
             if not taken:
+                event.message.acked = True  # not acked here: its copy read again after the hole is
                 continue
             partial = json.loads(event.value)
             progress = partial["partitions"]  # JSON keys: partition numbers as strings

@@ -32,7 +32,7 @@ class Settings:
     web_port: int = 6066
     sink_batch_size: int = 20_000     # rows per ClickHouse insert, about
     sink_batch_seconds: float = 1.0   # ... or this long, whichever comes first
-    take_messages: int = 1000         # Kafka messages per take from the stream (one may be an envelope) ...
+    take_messages: int = 100          # Kafka messages per take from the stream (one may be an envelope) ...
     step_bytes: int = 512 * 1024      # ... cut into steps of about this many bytes through the stages
     allowed_lateness_days: int = 3    # event time; older events are dead-lettered
     max_future_ms: int = 10 * 60_000  # events stamped further ahead of the stream are dead-lettered
