@@ -240,6 +240,7 @@ class Pipeline:
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))
         self.partition_states: dict[int, PartitionState] = {}
+        self.revocations = 0  # rebalances that took partitions away, so far
         self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
         self.pending_metrics: dict[str, dict] = {}
         self.stream_clock = StreamClock()  # the input partitions' event time, for alerts
@@ -323,6 +324,7 @@ class Pipeline:
         await self.broker_lookup.stop()
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
+        self.revocations += 1
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.partition_states.pop(tp.partition, None)
@@ -334,23 +336,44 @@ class Pipeline:
 
     # ---- per-partition state --------------------------------------------------------------
     def state_for(self, partition: int) -> PartitionState:
-        """This partition's state, rebuilt from the recovered active_days table the first time."""
+        """This partition's state, rebuilt the first time (`_take_on_partitions` does that before a
+        step, reading ClickHouse off the event loop; this is for a partition it could not)."""
         state = self.partition_states.get(partition)
         if state is None:
-            state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
-            prefix = f"{partition}|"
-            persisted = []
-            for key, value in list(self.active_days.data.items()):
-                if not key.startswith(prefix):
-                    continue
-                if key == prefix + WATERMARK_KEY:
-                    state.watermark_ms = int(value)
-                else:
-                    persisted.extend(value)  # [app, user, days] of each user in the bucket
-            state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
+            state = self._recovered_state(partition)
             if state.watermark_ms:
                 state.open_sessions = self._stored_open_sessions(partition, state.watermark_ms)
             self.partition_states[partition] = state
+        return state
+
+    async def _take_on_partitions(self, events) -> None:
+        """State for each input partition first seen since its assignment, before its first step:
+        the sessions its previous owner left open are read back in a thread, since the read waits
+        for any insert in flight."""
+        for partition in {event.message.partition for event in events} - self.partition_states.keys():
+            state = self._recovered_state(partition)
+            if state.watermark_ms:
+                revocations = self.revocations
+                sessions = await asyncio.get_running_loop().run_in_executor(
+                    None, self._stored_open_sessions, partition, state.watermark_ms)
+                if revocations != self.revocations or partition in self.partition_states:
+                    continue  # a rebalance meanwhile: what was read may be another owner's
+                state.open_sessions = sessions
+            self.partition_states[partition] = state
+
+    def _recovered_state(self, partition: int) -> PartitionState:
+        """A partition's active days and watermark from the recovered active_days table."""
+        state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
+        prefix = f"{partition}|"
+        persisted = []
+        for key, value in list(self.active_days.data.items()):
+            if not key.startswith(prefix):
+                continue
+            if key == prefix + WATERMARK_KEY:
+                state.watermark_ms = int(value)
+            else:
+                persisted.extend(value)  # [app, user, days] of each user in the bucket
+        state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
         return state
 
     def _stored_open_sessions(self, partition: int, watermark_ms: int) -> dict[str, tuple[str, int, int]]:
@@ -387,6 +410,7 @@ class Pipeline:
             async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
                 for events in steps_by_size(taken, s.step_bytes):
                     await self._learn_where_partitions_start(self.actions_order, events)
+                    await self._take_on_partitions(events)
                     self.run_stages(events, self.pending)
                     await self._keep_in_order(self.actions_order)
                     if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
