@@ -399,14 +399,14 @@ class Pipeline:
         steps of about `step_bytes`, so a step's fixed costs are spread over a few thousand events
         whether they come one per message or in envelopes. Steps accumulate; at `sink_batch_size`
         rows or `sink_batch_seconds`, the batch is cut and made durable (ClickHouse in an executor
-        thread, Kafka sends) while the next steps run. Events are
-        acked by hand once their batch is durable, so offsets never pass rows ClickHouse doesn't
-        have; batches become durable one at a time, in order."""
+        thread, Kafka sends) while the next steps run. Events are acked by hand once their batch is
+        durable, so offsets never pass rows ClickHouse doesn't have; batches become durable one at
+        a time, in order."""
         s = self.settings
         self._actions_stream = stream
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
-            # a take that does not fill waits at most a tenth of a batch: under light load events go on at once
+            # a take that does not fill waits a tenth of a batch at most: light load goes on at once
             async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
                 for events in steps_by_size(taken, s.step_bytes):
                     await self._learn_where_partitions_start(self.actions_order, events)
