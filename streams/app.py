@@ -346,11 +346,11 @@ class Pipeline:
             self.partition_states[partition] = state
         return state
 
-    async def _take_on_partitions(self, events) -> None:
+    async def _take_on_partitions(self, partitions: set[int]) -> None:
         """State for each input partition first seen since its assignment, before its first step:
         the sessions its previous owner left open are read back in a thread, since the read waits
         for any insert in flight."""
-        for partition in {event.message.partition for event in events} - self.partition_states.keys():
+        for partition in partitions - self.partition_states.keys():
             state = self._recovered_state(partition)
             if state.watermark_ms:
                 revocations = self.revocations
@@ -409,8 +409,9 @@ class Pipeline:
             # a take that does not fill waits a tenth of a batch at most: light load goes on at once
             async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
                 for events in steps_by_size(taken, s.step_bytes):
-                    await self._learn_where_partitions_start(self.actions_order, events)
-                    await self._take_on_partitions(events)
+                    partitions = {event.message.partition for event in events}
+                    await self._learn_where_partitions_start(self.actions_order, partitions)
+                    await self._take_on_partitions(partitions)
                     self.run_stages(events, self.pending)
                     await self._keep_in_order(self.actions_order)
                     if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
@@ -504,13 +505,11 @@ class Pipeline:
         for event in write.batch.events:
             await self._actions_stream.ack(event)
 
-    async def _learn_where_partitions_start(self, continuity: InputContinuity, events) -> None:
+    async def _learn_where_partitions_start(self, continuity: InputContinuity, partitions: set[int]) -> None:
         """Where each partition first seen since its assignment starts, asked of the broker: its
         committed offset, else (a new group reads from the earliest) its first record. Faust can
         deliver messages before its own seek to the committed offsets has finished."""
-        expected = continuity.expected
-        new = {event.message.partition for event in events if event.message.partition not in expected}
-        for partition in new:
+        for partition in partitions - continuity.expected.keys():
             try:
                 continuity.start(partition, await self._where_partition_starts(TP(continuity.topic, partition)))
             except Exception as exc:  # then the partition starts wherever its first message is
@@ -682,7 +681,7 @@ class Pipeline:
     async def profiles_agent(self, stream) -> None:
         order = self.profiles_order
         async for events in stream.take_events(1000, within=0.5):
-            await self._learn_where_partitions_start(order, events)
+            await self._learn_where_partitions_start(order, {event.message.partition for event in events})
             rows, sends = [], []
             for event in events:
                 if not order.admit(event.message.partition, event.message.offset):
@@ -720,7 +719,7 @@ class Pipeline:
         order = self.partials_order
         async for event in stream.events():
             # partials apply idempotently (each count is a partition's latest): a re-read is harmless
-            await self._learn_where_partitions_start(order, [event])
+            await self._learn_where_partitions_start(order, {event.message.partition})
             taken = order.admit(event.message.partition, event.message.offset)
             await self._keep_in_order(order)
             if not taken:
