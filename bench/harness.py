@@ -27,7 +27,8 @@ from streams.demo import stop as stop_process  # SIGTERM, then SIGKILL after a t
 
 from . import procstat
 from .load import Sent, Traffic, preload, send_steady
-from .measure import WARM_UP_FRACTION, Progress, measured_window, memory_profile, percentile, visible_after
+from .measure import (WARM_UP_FRACTION, Progress, measured_window, memory_profile, percentile, time_split, visible_after,
+                      worker_clock)
 
 POLL_SECONDS = 0.2          # how often a throughput run is looked at
 VISIBILITY_POLL_SECONDS = 0.1
@@ -208,7 +209,7 @@ def watch(worker: Worker, events: int, timeout_s: float) -> list[Progress]:
             done = events if stored >= stats["delivered"] else events - 1
         at_s = time.monotonic()
         usage = procstat.sample(worker.pid)
-        samples.append(Progress(at_s, done, usage.cpu_seconds, usage.rss_mb))
+        samples.append(Progress(at_s, done, usage.cpu_seconds, usage.rss_mb, worker_clock(stats)))
         if done >= events:
             return samples
         if at_s > deadline:
@@ -246,6 +247,7 @@ def run_tally(bootstrap: str, prefix: str, events: int, work_dir: Path, app_id: 
             "duplicates": stats["duplicates"], "rerouted": stats["rerouted"],
             "inserts": stats["sink"]["inserts"], "insert_seconds": stats["sink"]["insert_seconds"],
             "max_batch_rows": stats["sink"]["max_batch_rows"], "metric_updates": stats["metric_updates"],
+            "stage_events": stats["stages"]["events"], "time_split_us_per_event": time_split(samples, events),
             **({"profile": hot} if hot is not None else {})}
 
 

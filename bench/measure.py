@@ -15,6 +15,7 @@ class Progress:
     done: int            # events finished (Tally: consumed; its last look also waits for the stored rows)
     cpu_seconds: float   # the consumer process's user + system time so far
     rss_mb: float
+    worker_clock: dict | None = None  # Tally: its own time counters so far (`worker_clock`)
 
 
 @dataclass(frozen=True)
@@ -33,17 +34,43 @@ class Window:
 
 
 def measured_window(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRACTION) -> Window:
-    """From the first look past the warm-up to the first look with everything done.
+    """From the first look past the warm-up to the first look with everything done."""
+    first, last = _window_looks(samples, total, warm_up)
+    return Window(last.done - first.done, last.at_s - first.at_s, last.cpu_seconds - first.cpu_seconds)
 
-    A run so short that one look saw both starts from the look before it instead."""
+
+def _window_looks(samples: list[Progress], total: int, warm_up: float) -> tuple[Progress, Progress]:
+    """The first look past the warm-up and the first with everything done. A run so short that one
+    look saw both starts from the look before it instead."""
     start = next((i for i, s in enumerate(samples) if s.done >= total * warm_up), None)
     end = next((i for i, s in enumerate(samples) if s.done >= total), None)
     if start is not None and start == end:
         start -= 1
     if start is None or end is None or start < 0 or samples[end].at_s <= samples[start].at_s:
         raise ValueError(f"run did not finish past its warm-up: {len(samples)} samples, {total} events")
-    first, last = samples[start], samples[end]
-    return Window(last.done - first.done, last.at_s - first.at_s, last.cpu_seconds - first.cpu_seconds)
+    return samples[start], samples[end]
+
+
+def worker_clock(stats: dict) -> dict:
+    """A Tally worker's own time counters from its /stats/: the stages' CPU and wall seconds (event
+    loop thread) and the inserts' (their thread)."""
+    stages, sink = stats["stages"], stats["sink"]
+    return {"stage_cpu": stages["cpu_seconds"], "stage_wall": stages["seconds"],
+            "insert_cpu": sink["insert_cpu_seconds"], "insert_wall": sink["insert_seconds"]}
+
+
+def time_split(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRACTION) -> dict:
+    """Microseconds per event over the measured window: the stages (CPU, wall), the inserts (CPU of
+    their thread, wall), and the rest of the process's CPU (Faust, aiokafka, sends, chDB's own threads)."""
+    first, last = _window_looks(samples, total, warm_up)
+    events = last.done - first.done
+    if not events or first.worker_clock is None or last.worker_clock is None:
+        return {}
+    spent = {name: last.worker_clock[name] - first.worker_clock[name] for name in first.worker_clock}
+    split = {f"{name}_us": round(seconds / events * 1e6, 2) for name, seconds in spent.items()}
+    other = (last.cpu_seconds - first.cpu_seconds) - spent["stage_cpu"] - spent["insert_cpu"]
+    split["other_cpu_us"] = round(other / events * 1e6, 2)
+    return split
 
 
 def memory_profile(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRACTION) -> dict:

@@ -62,6 +62,12 @@ def table(results: dict) -> str:
                  f"({latency['achieved_rate']:,} achieved) for {latency['seconds']:.0f} s, {latency['seen']:,} events: "
                  f"p50 {latency['p50_ms']:,} ms, p95 {latency['p95_ms']:,} ms, p99 {latency['p99_ms']:,} ms, "
                  f"max {latency['max_ms']:,} ms")
+    spent = tally.get("time_split_us_per_event")
+    if spent:
+        lines.append(f"where the worker's time goes, per event past the warm-up: the stages {spent['stage_cpu_us']:.1f} us "
+                     f"CPU ({spent['stage_wall_us']:.1f} us wall) on the event loop's thread; the inserts "
+                     f"{spent['insert_cpu_us']:.1f} us CPU in their thread ({spent['insert_wall_us']:.1f} us wall); the rest "
+                     f"of the process's CPU {spent['other_cpu_us']:.1f} us (Faust, aiokafka, sends, chDB's own threads)")
     split = results.get("memory_split")
     if split:
         stages, stored = split["stages"], split["clickhouse"]

@@ -46,6 +46,15 @@ WATERMARK_KEY = "~watermark"
 
 
 @dataclass
+class StageTimes:
+    """Time the actions agent spends in the stages (unpack, validate to count) on the event loop's
+    thread: its CPU and wall clock. Beside the sink's insert times, where a worker's time goes."""
+    events: int = 0
+    cpu_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
 class PendingBatch:
     """Steps of the input that went through the stages and wait to be made durable together: rows
     accumulate across steps up to one insert's worth, whatever the steps' sizes in messages."""
@@ -254,6 +263,7 @@ class Pipeline:
         self.metrics_emitted = 0
         self.stopped = False
         self.pending = PendingBatch()
+        self.stage_times = StageTimes()  # for /stats/ and /metrics/
         self.in_flight: asyncio.Task | None = None
         self._actions_stream = None
         self.app = self._build_app()
@@ -609,6 +619,7 @@ class Pipeline:
     def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
         """The CPU part of a step: every partition's messages through `process_batch`, the results
         added to `batch`."""
+        started, started_cpu = time.perf_counter(), time.thread_time()
         by_partition: dict[int, list] = defaultdict(list)
         offsets = batch.offsets
         now_ms = int(time.time() * 1000)
@@ -651,6 +662,10 @@ class Pipeline:
                 batch.progress[partition] = {"watermark_ms": state.watermark_ms,
                                              "watermark_day": state.activity.watermark_day,
                                              "newest_event_ms": newest}
+        times = self.stage_times
+        times.events += sum(map(len, by_partition.values()))
+        times.cpu_seconds += time.thread_time() - started_cpu
+        times.seconds += time.perf_counter() - started
         return batch
 
     async def make_durable(self, write: DurableWrite) -> None:

@@ -16,6 +16,7 @@ from faust.web import View
 def _stats(pipeline) -> dict:
     counts = pipeline.counts
     sink = pipeline.writer.stats
+    stages = pipeline.stage_times
     lag = {}
     consumer = pipeline.app.consumer
     for tp in consumer.assignment():
@@ -30,7 +31,10 @@ def _stats(pipeline) -> dict:
         "consumed": counts.consumed, "delivered": counts.delivered, "dead_lettered": counts.dead_lettered,
         "duplicates": counts.duplicates, "rerouted": counts.rerouted,
         "dead_letters_by_reason": dict(counts.dead_letters_by_reason),
+        "stages": {"events": stages.events, "cpu_seconds": round(stages.cpu_seconds, 3),
+                   "seconds": round(stages.seconds, 3)},
         "sink": {"inserts": sink.inserts, "rows": sink.rows, "insert_seconds": round(sink.insert_seconds, 3),
+                 "insert_cpu_seconds": round(sink.insert_cpu_seconds, 3),
                  "last_batch_rows": sink.last_batch_rows, "max_batch_rows": sink.max_batch_rows},
         "consumer_lag": lag, "metric_updates": pipeline.metrics_emitted,
         "offset_holes": dict(pipeline.offset_holes),
@@ -50,10 +54,17 @@ def prometheus_text(stats: dict) -> str:
         metric(f"events_{stage}_total", "counter", f"events {stage.replace('_', ' ')}", [("", stats[stage])])
     metric("dead_letters_total", "counter", "dead letters by reason",
            [(f'{{reason="{r}"}}', n) for r, n in sorted(stats["dead_letters_by_reason"].items())])
+    stages = stats["stages"]
+    metric("stage_events_total", "counter", "events through the stages", [("", stages["events"])])
+    metric("stage_cpu_seconds_total", "counter", "CPU time in the stages (event loop thread)",
+           [("", stages["cpu_seconds"])])
+    metric("stage_seconds_total", "counter", "wall time in the stages", [("", stages["seconds"])])
     sink = stats["sink"]
     metric("sink_inserts_total", "counter", "ClickHouse inserts", [("", sink["inserts"])])
     metric("sink_rows_total", "counter", "rows inserted", [("", sink["rows"])])
     metric("sink_insert_seconds_total", "counter", "time spent inserting", [("", sink["insert_seconds"])])
+    metric("sink_insert_cpu_seconds_total", "counter", "CPU time of the inserting thread",
+           [("", sink["insert_cpu_seconds"])])
     metric("sink_last_batch_rows", "gauge", "rows in the last insert", [("", sink["last_batch_rows"])])
     metric("consumer_lag", "gauge", "messages not yet processed per input partition",
            [(f'{{partition="{p}"}}', n) for p, n in sorted(stats["consumer_lag"].items())])

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bench.measure import Progress, measured_window, memory_profile, percentile, visible_after
+from bench.measure import Progress, measured_window, memory_profile, percentile, time_split, visible_after
 from bench.profile import hot_functions
 from bench.procstat import parse_cpu_seconds, parse_rss_mb
 
@@ -28,6 +28,19 @@ def test_a_run_seen_in_one_look_is_measured_from_the_look_before():
         measured_window(samples[1:], total=1000)
     with pytest.raises(ValueError):
         measured_window(samples[:1], total=1000)
+
+
+def test_time_split_is_per_event_over_the_measured_window():
+    def look(at_s, done, cpu, stage_cpu, stage_wall, insert_cpu, insert_wall):
+        clock = {"stage_cpu": stage_cpu, "stage_wall": stage_wall, "insert_cpu": insert_cpu, "insert_wall": insert_wall}
+        return Progress(at_s, done, cpu, 100, clock)
+    samples = [look(0.0, 0, 0.5, 0.0, 0.0, 0.0, 0.0), look(1.0, 200, 1.0, 0.4, 0.5, 0.0, 0.0),
+               look(2.0, 1200, 3.0, 1.6, 2.0, 0.3, 0.6), look(3.0, 2200, 5.0, 2.8, 3.5, 0.6, 1.2)]
+    # the window is 200 -> 2200 events: 2,000 events, 4.0 s of process CPU
+    assert time_split(samples, total=2200) == pytest.approx(
+        {"stage_cpu_us": 1200.0, "stage_wall_us": 1500.0, "insert_cpu_us": 300.0, "insert_wall_us": 600.0,
+         "other_cpu_us": 500.0})
+    assert time_split([Progress(0.0, 0, 0.0, 100), Progress(1.0, 10, 1.0, 100)], total=10) == {}  # not a Tally run
 
 
 def test_each_event_is_visible_from_the_first_poll_that_stored_its_offset():
@@ -79,7 +92,11 @@ def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, 
         assert results[stage]["cpu_seconds_per_million"] > 0, results[stage]
     tally = results["tally"]
     assert tally["stored_rows"] == tally["distinct_event_ids"] == tally["events_sent"] == 5_000
-    assert (tally["delivered"], tally["dead_lettered"], tally["rerouted"]) == (5_000, 0, 0)  # keyed as stored
+    counted = {name: tally[name] for name in ("delivered", "dead_lettered", "duplicates", "rerouted", "stage_events")}
+    assert (tally["delivered"], tally["dead_lettered"], tally["rerouted"]) == (5_000, 0, 0), counted  # keyed as stored
+    assert tally["stage_events"] == 5_000, counted  # each event through the stages once
+    assert set(tally["time_split_us_per_event"]) == {"stage_cpu_us", "stage_wall_us", "insert_cpu_us",
+                                                     "insert_wall_us", "other_cpu_us"}
     assert 0 < tally["memory"]["start_mb"] <= tally["memory"]["peak_mb"]
     assert tally["ratio_to_ceiling"] == pytest.approx(tally["events_per_s"] / results["ceiling"]["events_per_s"], abs=1e-6)
     for mode, measured in results["memory_split"].items():  # the same batches, without Kafka

@@ -143,6 +143,10 @@ def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_e
     assert {(app, day): n for app, day, n in per_day} == {k: len(v) for k, v in truth.items()}
     # ~2 inserts per second of consumption at most: batched, never one insert per event
     assert stats["sink"]["inserts"] < len(actions) / 100
+    # where the worker's time went: every event through the stages once, CPU spent there and inserting
+    final = worker.stats()
+    assert final["stages"]["events"] == 3000 and final["stages"]["cpu_seconds"] > 0
+    assert 0 < final["sink"]["insert_cpu_seconds"] and 0 < final["sink"]["insert_seconds"]
     # the consumer group's committed offsets reach the end once the rows are stored
     wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, pipeline_env.topics.user_actions) == 3000,
              what="offsets committed")
