@@ -209,7 +209,8 @@ def watch(worker: Worker, events: int, timeout_s: float) -> list[Progress]:
             done = events if stored >= stats["delivered"] else events - 1
         at_s = time.monotonic()
         usage = procstat.sample(worker.pid)
-        samples.append(Progress(at_s, done, usage.cpu_seconds, usage.rss_mb, worker_clock(stats)))
+        samples.append(Progress(at_s, done, usage.cpu_seconds, usage.rss_mb,
+                                {**worker_clock(stats), "engine_cpu": usage.engine_cpu_seconds}))
         if done >= events:
             return samples
         if at_s > deadline:

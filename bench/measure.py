@@ -61,15 +61,16 @@ def worker_clock(stats: dict) -> dict:
 
 def time_split(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRACTION) -> dict:
     """Microseconds per event over the measured window: the stages (CPU, wall), the inserts (CPU of
-    their thread, wall), and the rest of the process's CPU (Faust, aiokafka, sends, chDB's own threads)."""
+    their thread, wall), chDB's own threads (CPU, when sampled as `engine_cpu`), and the rest of the
+    process's CPU (Faust, aiokafka, sends)."""
     first, last = _window_looks(samples, total, warm_up)
     events = last.done - first.done
     if not events or first.worker_clock is None or last.worker_clock is None:
         return {}
     spent = {name: last.worker_clock[name] - first.worker_clock[name] for name in first.worker_clock}
     split = {f"{name}_us": round(seconds / events * 1e6, 2) for name, seconds in spent.items()}
-    other = (last.cpu_seconds - first.cpu_seconds) - spent["stage_cpu"] - spent["insert_cpu"]
-    split["other_cpu_us"] = round(other / events * 1e6, 2)
+    cpu = spent["stage_cpu"] + spent["insert_cpu"] + spent.get("engine_cpu", 0.0)
+    split["other_cpu_us"] = round((last.cpu_seconds - first.cpu_seconds - cpu) / events * 1e6, 2)
     return split
 
 

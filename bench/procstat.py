@@ -13,6 +13,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class ProcSample:
     cpu_seconds: float  # user + system, all threads (chDB's included)
     rss_mb: float
+    engine_cpu_seconds: float = 0.0  # of the threads that named themselves: chDB's (merges, query pipelines);
+                                     # Python's threads keep the process's name
 
 
 def parse_cpu_seconds(stat_line: str) -> float:
@@ -31,7 +33,25 @@ def parse_rss_mb(status_text: str) -> float:
 
 def sample(pid: int) -> ProcSample:
     with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/status") as status:
-        return ProcSample(parse_cpu_seconds(stat.read()), parse_rss_mb(status.read()))
+        return ProcSample(parse_cpu_seconds(stat.read()), parse_rss_mb(status.read()), engine_cpu_seconds(pid))
+
+
+def engine_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's threads named otherwise than its main thread."""
+    main_name = _read(f"/proc/{pid}/comm")
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if _read(f"/proc/{pid}/task/{tid}/comm") != main_name:
+                total += parse_cpu_seconds(_read(f"/proc/{pid}/task/{tid}/stat"))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return total
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read().strip()
 
 
 def machine() -> dict:

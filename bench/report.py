@@ -66,8 +66,9 @@ def table(results: dict) -> str:
     if spent:
         lines.append(f"where the worker's time goes, per event past the warm-up: the stages {spent['stage_cpu_us']:.1f} us "
                      f"CPU ({spent['stage_wall_us']:.1f} us wall) on the event loop's thread; the inserts "
-                     f"{spent['insert_cpu_us']:.1f} us CPU in their thread ({spent['insert_wall_us']:.1f} us wall); the rest "
-                     f"of the process's CPU {spent['other_cpu_us']:.1f} us (Faust, aiokafka, sends, chDB's own threads)")
+                     f"{spent['insert_cpu_us']:.1f} us CPU in their thread ({spent['insert_wall_us']:.1f} us wall); chDB's "
+                     f"own threads (merges, query pipelines) {spent.get('engine_cpu_us', 0.0):.1f} us CPU; the rest of the "
+                     f"process's CPU {spent['other_cpu_us']:.1f} us (Faust, aiokafka, topic and changelog sends)")
     split = results.get("memory_split")
     if split:
         stages, stored = split["stages"], split["clickhouse"]
