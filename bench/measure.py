@@ -15,7 +15,7 @@ class Progress:
     done: int            # events finished (Tally: consumed; its last look also waits for the stored rows)
     cpu_seconds: float   # the consumer process's user + system time so far
     rss_mb: float
-    worker_clock: dict | None = None  # Tally: its own time counters so far (`worker_clock`)
+    worker_clock: dict | None = None  # Tally: time counters so far (its own, `worker_clock`; its engine threads' CPU)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,16 @@ class BrokerLookup:
             self.consumer = None
 
 
+def admit_in_order(order: InputContinuity, message) -> bool:
+    """Whether `message` is the next of its partition. One that is not (past a hole, or a repeat) is
+    marked acked: its offset is acked through the copy taken in order, and Faust's wait_empty
+    (rebalance, shutdown) must not wait for this one."""
+    if order.admit(message.partition, message.offset):
+        return True
+    message.acked = True
+    return False
+
+
 def message_bytes(event) -> int:
     return len(event.message.value or b"")
 
@@ -628,10 +638,7 @@ class Pipeline:
         order = self.actions_order
         for event in events:
             message = event.message
-            if not order.admit(message.partition, message.offset):
-                # Its offset is acked through the copy that is taken; marked so that Faust's
-                # wait_empty (rebalance, shutdown) does not wait for this one.
-                message.acked = True
+            if not admit_in_order(order, message):
                 continue
             batch.events.append(event)
             source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
@@ -699,8 +706,7 @@ class Pipeline:
             await self._learn_where_partitions_start(order, {event.message.partition for event in events})
             rows, sends = [], []
             for event in events:
-                if not order.admit(event.message.partition, event.message.offset):
-                    event.message.acked = True  # not acked here: its copy read again after the hole is
+                if not admit_in_order(order, event.message):
                     continue  # re-read in order after the hole: a profile is the user's latest
                 profile = UserProfile()
                 try:
@@ -735,10 +741,9 @@ class Pipeline:
         async for event in stream.events():
             # partials apply idempotently (each count is a partition's latest): a re-read is harmless
             await self._learn_where_partitions_start(order, {event.message.partition})
-            taken = order.admit(event.message.partition, event.message.offset)
+            taken = admit_in_order(order, event.message)
             await self._keep_in_order(order)
             if not taken:
-                event.message.acked = True  # not acked here: its copy read again after the hole is
                 continue
             partial = json.loads(event.value)
             progress = partial["partitions"]  # JSON keys: partition numbers as strings
