@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from dataclasses import dataclass
 
 WARM_UP_FRACTION = 0.1  # the first 10% of a run (startup, rebalance, cold caches) is not measured
@@ -75,11 +76,19 @@ def time_split(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRA
 
 
 def memory_profile(samples: list[Progress], total: int, warm_up: float = WARM_UP_FRACTION) -> dict:
-    """Resident memory once warm, at the middle, at the end, and the peak: flat means start ≈ end ≈ peak."""
+    """Resident memory once warm, at the middle, at the end, and the peak; and the medians of the
+    looks in the first and last quarter of the measured window. A single look can land inside an
+    embedded merge (hundreds of MB for a few seconds), so growth is judged on the medians: a leak
+    moves them, a passing merge does not."""
     warm = [s for s in samples if s.done >= total * warm_up] or samples
     middle = next((s for s in warm if s.done >= total / 2), warm[-1])
+    first, last = warm[0].done, warm[-1].done
+    quarter = (last - first) / 4
+    early = [s.rss_mb for s in warm if s.done <= first + quarter] or [warm[0].rss_mb]
+    late = [s.rss_mb for s in warm if s.done >= last - quarter] or [warm[-1].rss_mb]
     return {"start_mb": round(warm[0].rss_mb, 1), "middle_mb": round(middle.rss_mb, 1),
-            "end_mb": round(warm[-1].rss_mb, 1), "peak_mb": round(max(s.rss_mb for s in samples), 1)}
+            "end_mb": round(warm[-1].rss_mb, 1), "peak_mb": round(max(s.rss_mb for s in samples), 1),
+            "early_median_mb": round(statistics.median(early), 1), "late_median_mb": round(statistics.median(late), 1)}
 
 
 def visible_after(sent: list[tuple[int, int, float]], polls: list[tuple[float, dict[int, int]]]) -> list[float | None]:

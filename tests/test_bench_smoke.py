@@ -22,7 +22,19 @@ def test_window_starts_after_the_warm_up_and_ends_when_everything_is_done():
     assert window.events_per_s == 425
     assert window.cpu_seconds_per_million == pytest.approx(6.0 / 850 * 1e6)
     assert memory_profile(samples, total=1000) == {"start_mb": 120, "middle_mb": 130, "end_mb": 125,
-                                                   "peak_mb": 130}
+                                                   "peak_mb": 130, "early_median_mb": 120, "late_median_mb": 125}
+
+
+def test_memory_growth_is_judged_on_quarters_not_on_one_look():
+    def run(rss_by_look):
+        return [Progress(float(i), i * 100, float(i), rss) for i, rss in enumerate(rss_by_look)]
+    # flat, but the last look lands in a merge: the end is 1.5x the start, the last quarter's median is not
+    merging = memory_profile(run([50, 100, 100, 110, 100, 100, 105, 100, 100, 100, 150]), total=1000)
+    assert merging["end_mb"] / merging["start_mb"] == 1.5
+    assert (merging["early_median_mb"], merging["late_median_mb"]) == (100, 100)
+    # growing all along: both medians move
+    growing = memory_profile(run([50, 100, 110, 120, 130, 140, 150, 160, 170, 180, 190]), total=1000)
+    assert (growing["early_median_mb"], growing["late_median_mb"]) == (110, 180)
 
 
 def test_a_run_seen_in_one_look_is_measured_from_the_look_before():
