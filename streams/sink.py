@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from google.protobuf.json_format import MessageToDict
 
 from .clickhouse import first_line
@@ -38,6 +39,19 @@ DEAD_LETTER_COLUMNS = (
     "payload_sha256", "scrubbed_payload", "event_id", "app", "user", "scrubbed_fields")
 
 PROFILE_COLUMNS = ("user", "email", "title", "team", "ab_flags", "updated_at")
+
+
+# DateTime64(3) columns, held as epoch milliseconds; in JSON, ClickHouse reads a number as seconds
+MILLISECOND_COLUMNS = frozenset({"ts", "ingested_at", "received_at", "updated_at"})
+_to_seconds = (1000).__rtruediv__  # ms -> s; the shortest repr of ms / 1000 has the same 3 decimals
+
+
+def json_columns(data: dict[str, list], columns: tuple[str, ...]) -> bytes:
+    """The rows as one JSONColumns document ({"column": [values]}), made by orjson in C in about
+    1 us a row: the interpreter lock is held that long instead of the ~3.5 us clickhouse-connect's
+    Native serialisation takes, and ClickHouse parses it in its own threads without the lock."""
+    return orjson.dumps({name: list(map(_to_seconds, data[name])) if name in MILLISECOND_COLUMNS else data[name]
+                         for name in columns})
 
 
 def to_columns(rows: list[dict], columns: tuple[str, ...]) -> list[list]:
@@ -91,14 +105,14 @@ class ClickHouseWriter:
 
     def insert_columns(self, table: str, data: dict[str, list], columns: tuple[str, ...], dedup_token: str) -> None:
         """Insert rows held as columns (name -> one value per row); `columns` names what to write."""
-        values = [data[name] for name in columns]
-        rows = len(values[0]) if values else 0
+        rows = len(data[columns[0]]) if columns else 0
         if not rows:
             return
         started, started_cpu = time.perf_counter(), time.thread_time()
+        body = json_columns(data, columns)
         with self.lock:  # counted under the lock too: whoever reads the rows next sees them counted
-            self.client.insert(table, values, column_names=list(columns), column_oriented=True,
-                               settings={"insert_deduplication_token": dedup_token})
+            self.client.raw_insert(table, list(columns), body, fmt="JSONColumns",
+                                   settings={"insert_deduplication_token": dedup_token})
             stats = self.stats
             stats.insert_seconds += time.perf_counter() - started
             stats.insert_cpu_seconds += time.thread_time() - started_cpu

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from streams.sink import (USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy, batch_token, to_columns,
+from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy, batch_token, to_columns,
                           write_with_retry)
 
 
@@ -88,6 +88,33 @@ def test_a_retried_batch_is_stored_once_and_a_redelivered_event_collapses(ch):
     writer.insert("user_actions", batch[50:], USER_ACTION_COLUMNS, "user-actions:0@50-120")
     assert ch.query("SELECT count() FROM user_actions FINAL").result_rows == [(100,)]
     assert writer.stats.inserts == 3 and writer.stats.max_batch_rows == 100
+
+
+@pytest.mark.clickhouse
+def test_every_kind_of_value_is_stored_as_it_was_sent(ch):
+    """Inserts travel as JSON: milliseconds, maps, arrays, nulls and awkward text come back unchanged."""
+    writer = ClickHouseWriter(ch)
+    text = 'quote " backslash \\ newline \n tab \t nul \x00 emoji \U0001F600 accents éü 中文'
+    sent = row("e1") | {"ts": 1_764_000_123_457, "ingested_at": 1_764_000_999_001, "label": text,
+                        "properties": {"k": text, "": "empty key"}, "ab_flags": {"flag": "on"},
+                        "scrubbed_fields": ["a", text], "result_index": -7, "kafka_offset": 2**63 + 5,
+                        "start_epoch_ms": -1, "duration_ms": 2**62}
+    nulls = row("e2") | {"result_index": None}
+    writer.insert("user_actions", [sent, nulls], USER_ACTION_COLUMNS, "t1")
+    got = ch.query("SELECT toUnixTimestamp64Milli(ts), toUnixTimestamp64Milli(ingested_at), label, properties, "
+                   "ab_flags, scrubbed_fields, result_index, kafka_offset, start_epoch_ms, duration_ms, ds "
+                   "FROM user_actions ORDER BY event_id").result_rows
+    assert got[0] == (1_764_000_123_457, 1_764_000_999_001, text, {"k": text, "": "empty key"}, {"flag": "on"},
+                      ["a", text], -7, 2**63 + 5, -1, 2**62, dt.date(2025, 11, 24))
+    assert got[1][6] is None
+
+    writer.insert("user_profiles", [{"user": "u1", "email": "", "title": "SWE", "team": "data", "ab_flags": {},
+                                     "updated_at": 1_764_000_000_001}], PROFILE_COLUMNS, "t2")
+    assert ch.query("SELECT toUnixTimestamp64Milli(updated_at) FROM user_profiles").result_rows == [(1_764_000_000_001,)]
+    # every time column the sink writes is sent as milliseconds -> seconds (a number alone is seconds in JSON)
+    time_columns = ch.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND "
+                            "table IN ('user_actions', 'dead_letters', 'user_profiles') AND type LIKE 'DateTime%'")
+    assert {name for (name,) in time_columns.result_rows} == MILLISECOND_COLUMNS
 
 
 def test_a_clickhouse_server_that_is_down_is_waited_for_not_fatal():
