@@ -51,6 +51,7 @@ def event_name(command: str) -> str:
 # ---- property mapping --------------------------------------------------------------------
 
 KPI_COLUMNS = ("search_term", "result_index", "source", "resource_key", "target_type")
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1  # result_index is a Nullable(Int32): out of range, it is unknown
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,10 @@ def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: li
              for column, (_, value) in best.items()}
     if "result_index" in found:
         try:
-            found["result_index"] = int(found["result_index"])
-        except (TypeError, ValueError):
-            found["result_index"] = None
+            index = int(found["result_index"])
+        except (TypeError, ValueError, OverflowError):
+            index = None
+        found["result_index"] = index if index is not None and _INT32_MIN <= index <= _INT32_MAX else None
     return found
 
 

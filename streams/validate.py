@@ -131,7 +131,20 @@ def parse_json(text: str, name: str, expected: type):
         raise Rejected(INVALID_JSON, f"{name} is not valid JSON: {exc}") from None
     if not isinstance(value, expected):
         raise Rejected(INVALID_JSON, f"{name} must be a JSON {expected.__name__}, got {type(value).__name__}")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
+        raise Rejected(INVALID_JSON, f"{name} has a \\ud800-\\udfff escape without its pair: not Unicode text, "
+                                     f"and no store can keep it")
     return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    """True when a string in the parsed JSON holds half a surrogate pair (an escape such as "\\ud800"
+    alone is valid JSON, but not Unicode). Only checked when the text has such an escape at all."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # ---- a batch at once ------------------------------------------------------------------------

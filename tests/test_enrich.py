@@ -32,6 +32,10 @@ def test_event_names(command, name):
       "search_term": "orders", "target_type": "table"}),
     ("amundsen", {"index": "not a number"}, {}, {"command": "_get_dashboard_metadata"},
      {"result_index": None, "target_type": "dashboard"}),
+    ("amundsen", {"index": 10**12}, {}, {"command": "_get_dashboard_metadata"},  # too big for its Int32 column
+     {"result_index": None, "target_type": "dashboard"}),
+    ("amundsen", {"index": "-2147483648"}, {}, {"command": "_get_dashboard_metadata"},
+     {"result_index": -2**31, "target_type": "dashboard"}),
     ("code-search", {}, {"query": "repo:tally lang:go", "repo": "github.com/x/tally"}, {"command": "SearchSubmitted"},
      {"search_term": "repo:tally lang:go", "resource_key": "github.com/x/tally"}),
     ("bi", {}, {"dashboard_id": "d-17"}, {"command": "dashboard.viewed", "target_type": "dashboard"},

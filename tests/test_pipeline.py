@@ -221,3 +221,19 @@ def test_a_pending_batch_holds_one_value_per_row_in_every_column():
         batch.add_rows(result.columns)
     assert batch.row_count == 3
     assert {name: len(values) for name, values in batch.columns.items()} == dict.fromkeys(batch.columns, 3)
+
+
+@pytest.mark.clickhouse
+def test_awkward_arguments_end_as_rows_or_dead_letters_never_as_a_failed_insert(ch):
+    """An insert that fails stops the worker (it retries until ClickHouse takes the batch), so a
+    value no store can hold must be refused before it: half a surrogate pair, an index too big."""
+    from streams.sink import USER_ACTION_COLUMNS, ClickHouseWriter
+    (ann,) = users_in(0, 1)
+    result, _ = run([
+        action("e1", ann, NOW - 3000, keyword_args_json='{"search_term": "a\\ud800b"}'),
+        action("e2", ann, NOW - 2000, keyword_args_json='{"search_term": "\\ud83d\\ude00", "index": 1e300}'),
+        action("e3", ann, NOW - 1000, keyword_args_json='{"index": 99999999999999999999}')])
+    assert [(letter.event_id, letter.reason) for letter in result.dead_letters] == [("e1", "invalid_json")]
+    ClickHouseWriter(ch).insert_columns("user_actions", result.columns, USER_ACTION_COLUMNS, "t")
+    assert ch.query("SELECT event_id, search_term, result_index FROM user_actions ORDER BY event_id").result_rows \
+        == [("e2", "\U0001F600", None), ("e3", "", None)]

@@ -51,6 +51,11 @@ CASES = [
     ("bad kwargs json", good(keyword_args_json="{oops").SerializeToString(), 0, outcome.INVALID_JSON),
     ("kwargs not an object", good(keyword_args_json="[1]").SerializeToString(), 0, outcome.INVALID_JSON),
     ("args not a list", good(pos_args_json='{"a": 1}').SerializeToString(), 0, outcome.INVALID_JSON),
+    ("half a surrogate pair in kwargs", good(keyword_args_json='{"search_term": "a\\ud800b"}').SerializeToString(), 0,
+     outcome.INVALID_JSON),
+    ("half a surrogate pair in args", good(pos_args_json='["\\uDFFF"]').SerializeToString(), 0, outcome.INVALID_JSON),
+    ("an escaped emoji (a whole pair)", good(keyword_args_json='{"search_term": "\\ud83d\\ude00"}').SerializeToString(),
+     0, None),
     ("invalid utf-8", good(user="ANN").SerializeToString().replace(b"ANN", b"\xff\xfeN"), 0, outcome.INVALID_UTF8),
     ("user id too long", good(user="u" * 300).SerializeToString(), 0, outcome.INVALID_FIELD),
 ]
