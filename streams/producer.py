@@ -111,6 +111,19 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode("utf-8", "ignore")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, always half a pair: a whole pair is one code point
+
+
+def valid_text(value: Any) -> Any:
+    """`value` with every half of a surrogate pair in its strings replaced by U+FFFD: a Protobuf
+    string must be UTF-8, and such a str has no UTF-8 form."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {valid_text(k): valid_text(v) for k, v in value.items()}
+    return value
+
+
 def bounded_json(value: Any, max_bytes: int) -> str:
     """JSON of `value`, replaced by a JSON note when longer than `max_bytes` (cut JSON would not parse)."""
     text = to_json(value)
@@ -450,6 +463,12 @@ class Tracker:
             loop.close()
 
     def _build(self, fields: dict) -> UserAction:
+        try:
+            return self._build_as_is(fields)
+        except UnicodeEncodeError:  # half a surrogate pair, e.g. a file name read with surrogateescape
+            return self._build_as_is(valid_text(fields))
+
+    def _build_as_is(self, fields: dict) -> UserAction:
         action = UserAction(host_name=self.options.host_name, app=self.app, schema_version=SCHEMA_VERSION,
                             **{k: v for k, v in fields.items() if k != "properties"})
         if fields.get("properties"):

@@ -195,6 +195,23 @@ def test_secret_arguments_never_recorded_in_clear():
     assert dict(tracked.properties) == {"password": REDACTED, "warehouse": "snowflake"}
 
 
+def test_text_that_has_no_utf8_form_is_sent_with_replacement_characters():
+    """A file name read with surrogateescape holds half a surrogate pair: no Protobuf string can carry
+    it, so it is sent with U+FFFD in its place rather than not at all."""
+    tracker = offline_tracker()
+
+    @tracker.action_logging
+    def open_file(path):
+        return None
+
+    open_file("/data/\udcffreport.csv")
+    tracker.track("file.opened", "ann", path="/data/\udcffreport.csv")
+    decorated, tracked = tracker.buffered_events()
+    assert json.loads(decorated.pos_args_json) == ["/data/\ufffdreport.csv"]
+    assert dict(tracked.properties) == {"path": "/data/\ufffdreport.csv"}
+    assert tracker.stats().internal_errors == 0
+
+
 def test_output_is_bounded_and_user_falls_back_to_default():
     def broken_provider():
         raise LookupError("no request context")
