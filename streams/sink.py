@@ -55,8 +55,8 @@ def json_columns(data: dict[str, list], columns: tuple[str, ...]) -> bytes:
 
 
 def to_columns(rows: list[dict], columns: tuple[str, ...]) -> list[list]:
-    """Row dicts -> one list per column (clickhouse-connect's column-oriented insert); each column's
-    pass runs in C (map over itemgetter), not as a Python loop."""
+    """Row dicts -> one list per column (what `insert_columns` takes); each column's pass runs in C
+    (map over itemgetter), not as a Python loop."""
     return [list(map(operator.itemgetter(name), rows)) for name in columns]
 
 
