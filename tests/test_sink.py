@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy, batch_token, to_columns,
-                          write_with_retry)
+from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
+                          batch_token, to_columns, write_with_retry)
 
 
 def run_inline(fn):
