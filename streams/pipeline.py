@@ -32,13 +32,19 @@ class RecentIds:
         self.current: set[str] = set()
         self.previous: set[str] = set()
 
-    def seen(self, event_id: str) -> bool:
-        """True when event_id came before (within the window); remembers it otherwise."""
-        if event_id in self.current or event_id in self.previous:
-            return True
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self.current or event_id in self.previous
+
+    def remember(self, event_id: str) -> None:
         self.current.add(event_id)
         if len(self.current) >= self.generation_size:
             self.previous, self.current = self.current, set()
+
+    def seen(self, event_id: str) -> bool:
+        """True when event_id came before (within the window); remembers it otherwise."""
+        if event_id in self:
+            return True
+        self.remember(event_id)
         return False
 
 
@@ -49,9 +55,6 @@ class PartitionState:
     watermark_ms: int = 0  # newest event time seen in this partition
     recent_ids: RecentIds = field(default_factory=RecentIds)
     open_sessions: dict = field(default_factory=dict)
-
-    def seen(self, event_id: str) -> bool:
-        return self.recent_ids.seen(event_id)
 
 
 @dataclass
@@ -166,7 +169,8 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     fields = validate.read_fields([action for action, _, _ in decoded])
     suspects = validate.suspects(fields, sizes, limits, now_ms)
 
-    seen = state.recent_ids.seen
+    recent = state.recent_ids
+    remember = recent.remember
     route = stages.route
     watermark = state.watermark_ms
     lateness = limits.allowed_lateness_ms
@@ -174,6 +178,11 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     for index, (action, raw, source), start, user, event_id, kwargs_text, pos_args_text in zip(
             itertools.count(), decoded, fields["start_epoch_ms"], fields["user"], fields["event_id"],
             fields["keyword_args_json"], fields["pos_args_json"]):
+        # A copy of an event taken already (a producer retry, or a re-read after a rebalance or a
+        # hole) is a duplicate before anything else: judged again, it could be too late by now.
+        if event_id in recent:
+            counts.duplicates += 1
+            continue
         try:
             if index in suspects or (watermark and start < watermark - lateness):
                 validate.check(action, limits, watermark, now_ms, sizes[index])
@@ -191,9 +200,7 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
             result.reroutes.append((stored_user.encode(), value, expected_partition))
             counts.rerouted += 1
             continue
-        if seen(event_id):
-            counts.duplicates += 1
-            continue
+        remember(event_id)
         kept.append(index)
         kwargs_list.append(kwargs)
         pos_args_list.append(pos_args)

@@ -127,6 +127,18 @@ def test_envelopes_unpack_into_their_actions_and_a_bad_one_is_one_dead_letter():
     assert [r["event_id"] for r in result.rows] == ["x1"]
 
 
+def test_events_read_again_after_the_stream_moved_on_are_duplicates_not_too_late():
+    """A re-read (after a rebalance, or of a hole Faust skipped) can come days of event time after
+    its first reading: each copy is a duplicate, and the one stored row is all there is of it."""
+    (ann,) = users_in(0, 1)
+    old = [action(f"e{i}", ann, NOW - 10 * DAY_MS + i) for i in range(3)]
+    result, state = run(old + [action("e9", ann, NOW)])
+    assert (result.counts.delivered, result.counts.dead_lettered) == (4, 0)
+    again, _ = run(old + [action("e10", ann, NOW - 10 * DAY_MS)], state)  # e10 is new, and too late
+    assert (again.counts.duplicates, again.counts.delivered) == (3, 0)
+    assert [(letter.event_id, letter.reason) for letter in again.dead_letters] == [("e10", "too_late")]
+
+
 def test_recent_ids_remember_a_bounded_window():
     recent = RecentIds(generation_size=100)
     assert not any(recent.seen(f"e{i}") for i in range(250))
