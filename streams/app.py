@@ -32,11 +32,11 @@ from .alerts import AlertEngine, StreamClock, load_rules
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import SESSION_GAP_MS, load_mapping
-from .outcome import BatchCounts, Source
-from .pipeline import PartitionState, Stages, partition_for_user, process_batch, unpack
+from .outcome import REFUSED_BY_STORE, BatchCounts, Source
+from .pipeline import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
 from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
-                   batch_token, dead_letter_row, write_with_retry)
+                   batch_token, dead_letter_row, insert_isolating, to_columns)
 from .validate import Limits
 
 log = logging.getLogger(__name__)
@@ -682,15 +682,17 @@ class Pipeline:
         for key, value, target in batch.reroutes:
             sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
         token = batch_token(self.settings.topics.user_actions, batch.offsets)
-        letters = batch.letters
-        await write_with_retry(
-            lambda: self.writer.insert_columns("user_actions", batch.columns, USER_ACTION_COLUMNS, token), self.retry,
-            f"insert of {batch.row_count} rows into user_actions")
+        refused = await insert_isolating(self.writer, "user_actions", batch.columns, USER_ACTION_COLUMNS, token,
+                                         self.retry)
+        letters = batch.letters + self._refused_rows_as_letters(batch, refused) if refused else batch.letters
         if letters:
             letter_rows = [dead_letter_row(letter) for letter in letters]
-            await write_with_retry(
-                lambda: self.writer.insert("dead_letters", letter_rows, DEAD_LETTER_COLUMNS, token), self.retry,
-                f"insert of {len(letters)} dead letters")
+            kept_out = await insert_isolating(self.writer, "dead_letters", to_columns(letter_rows, DEAD_LETTER_COLUMNS),
+                                              DEAD_LETTER_COLUMNS, token, self.retry)
+            for index, why in kept_out:
+                log.error("ClickHouse refused the dead letter of %s/%d/%d (%s); it is in the %s topic only: %s",
+                          letters[index].source_topic, letters[index].source_partition, letters[index].source_offset,
+                          letters[index].reason, self.settings.topics.dead_letters, why)
             for letter in letters:
                 sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
         if write.partial["partitions"]:
@@ -699,6 +701,21 @@ class Pipeline:
         self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in batch.offsets.items():
             self.consumed_offsets[partition] = high
+
+    def _refused_rows_as_letters(self, batch: PendingBatch, refused: list[tuple[int, str]]) -> list[DeadLetter]:
+        """Rows ClickHouse refused become dead letters instead: counted as such, and forgotten as
+        taken, so their replay is stored rather than taken for a duplicate."""
+        columns, now_ms = batch.columns, int(time.time() * 1000)
+        letters = []
+        for index, why in refused:
+            row = {name: values[index] for name, values in columns.items()}
+            letters.append(refused_row_letter(row, why, self.settings.topics.user_actions, now_ms))
+            batch.states[row["kafka_partition"]].recent_ids.forget(row["event_id"])
+            batch.counts.delivered -= 1
+            batch.counts.count_dead_letter(REFUSED_BY_STORE)
+        log.error("ClickHouse refused %d of %d rows (first: %s); they are dead letters (%s), the rest is stored",
+                  len(refused), batch.row_count, refused[0][1], REFUSED_BY_STORE)
+        return letters
 
     async def profiles_agent(self, stream) -> None:
         order = self.profiles_order
@@ -729,8 +746,10 @@ class Pipeline:
                 rows.append({"user": profile.user, "updated_at": profile.updated_epoch_ms or int(time.time() * 1000),
                              **value})
             token = f"profiles:{events[0].message.partition}@{events[0].message.offset}:{len(events)}" if events else ""
-            await write_with_retry(lambda: self.writer.insert("user_profiles", rows, PROFILE_COLUMNS, token),
-                                   self.retry, f"insert of {len(rows)} profiles")
+            refused = await insert_isolating(self.writer, "user_profiles", to_columns(rows, PROFILE_COLUMNS),
+                                             PROFILE_COLUMNS, token, self.retry)
+            for index, why in refused:  # the join has it still; only the analysts' copy lacks it
+                log.error("ClickHouse refused the profile of %s: %s", rows[index]["user"], why)
             await asyncio.gather(*sends)
             await self._keep_in_order(order)
 

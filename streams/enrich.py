@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .contract import UserAction
+from .contract import SCHEMA_VERSION, UserAction
 from .outcome import Source
 from .validate import read_fields
 
@@ -250,6 +250,19 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
         "kafka_offset": [source.offset for source in sources],
         "ingested_at": [ingested_ms] * n,
     }
+
+
+# what a row holds of its action besides the copied fields; the rest (duration, day, ...) is derived
+_ACTION_FIELDS_OF_ROW = _COPIED_FIELDS + ("start_epoch_ms", "end_epoch_ms", "target_type")
+
+
+def action_of_row(row: dict) -> UserAction:
+    """The scrubbed action a row was built from, as far as the row holds it (session_id is the one
+    the row got): enriched again, it gives the same row, but for the audit of what scrubbing took
+    out (nothing is left to take)."""
+    action = UserAction(schema_version=SCHEMA_VERSION, **{name: row[name] for name in _ACTION_FIELDS_OF_ROW})
+    action.properties.update(row["properties"])
+    return action
 
 
 def rows_of(columns: Columns) -> list[dict]:

@@ -19,9 +19,10 @@ END_BEFORE_START = "end_before_start"
 FUTURE_TIMESTAMP = "future_timestamp"
 TOO_LATE = "too_late"
 IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"
+REFUSED_BY_STORE = "refused_by_store"  # valid, but ClickHouse would not take its row (a constraint, a type)
 
 REASONS = (UNDECODABLE, OVERSIZED, UNSUPPORTED_SCHEMA, MISSING_FIELD, INVALID_FIELD, INVALID_UTF8,
-           INVALID_JSON, END_BEFORE_START, FUTURE_TIMESTAMP, TOO_LATE, IMPLAUSIBLE_TIMESTAMP)
+           INVALID_JSON, END_BEFORE_START, FUTURE_TIMESTAMP, TOO_LATE, IMPLAUSIBLE_TIMESTAMP, REFUSED_BY_STORE)
 
 
 class Rejected(Exception):

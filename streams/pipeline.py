@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import enrich, validate
 from .active_users import MetricKey, PartitionActivity, day_ordinal
 from .contract import DeadLetter, UserAction, is_envelope, partition_for_user
-from .outcome import BatchCounts, Rejected, Source
+from .outcome import REFUSED_BY_STORE, BatchCounts, Rejected, Source
 from .validate import Limits
 
 # Duplicates from producer retries arrive close together; older ones are still harmless (rows
@@ -40,12 +40,10 @@ class RecentIds:
         if len(self.current) >= self.generation_size:
             self.previous, self.current = self.current, set()
 
-    def seen(self, event_id: str) -> bool:
-        """True when event_id came before (within the window); remembers it otherwise."""
-        if event_id in self:
-            return True
-        self.remember(event_id)
-        return False
+    def forget(self, event_id: str) -> None:
+        """An event taken but not stored after all (ClickHouse refused its row): its replay is new."""
+        self.current.discard(event_id)
+        self.previous.discard(event_id)
 
 
 @dataclass
@@ -117,6 +115,18 @@ def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Sour
         letter.scrubbed_payload = action.SerializeToString()
         letter.event_id, letter.app, letter.user = action.event_id[:256], action.app[:256], action.user[:256]
     return letter
+
+
+def refused_row_letter(row: dict, detail: str, topic: str, now_ms: int) -> DeadLetter:
+    """The dead letter of a row ClickHouse refused: it carries the scrubbed action rebuilt from the
+    row, so `tally dlq replay` can send it again once the store takes it."""
+    payload = enrich.action_of_row(row).SerializeToString()
+    return DeadLetter(reason=REFUSED_BY_STORE, detail=f"ClickHouse refused the row: {detail}"[:2000],
+                      source_topic=topic, source_partition=row["kafka_partition"], source_offset=row["kafka_offset"],
+                      received_epoch_ms=now_ms, payload_size=len(payload),
+                      payload_sha256=hashlib.sha256(payload).hexdigest(), scrubbed_payload=payload,
+                      event_id=row["event_id"][:256], app=row["app"][:256], user=row["user"][:256],
+                      scrubbed_fields=row["scrubbed_fields"])
 
 
 def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,

@@ -141,10 +141,30 @@ def test_events_read_again_after_the_stream_moved_on_are_duplicates_not_too_late
 
 def test_recent_ids_remember_a_bounded_window():
     recent = RecentIds(generation_size=100)
-    assert not any(recent.seen(f"e{i}") for i in range(250))
-    assert all(recent.seen(f"e{i}") for i in range(150, 250))  # at least the last generation_size ids
-    assert not recent.seen("e0")  # long gone: memory stays bounded (it is remembered again now)
+    for i in range(250):
+        recent.remember(f"e{i}")
+    assert all(f"e{i}" in recent for i in range(150, 250))  # at least the last generation_size ids
+    assert "e0" not in recent  # long gone: memory stays bounded
     assert len(recent.current) + len(recent.previous) <= 200
+    recent.forget("e249")
+    recent.forget("e160")  # in either generation
+    assert "e249" not in recent and "e160" not in recent and "e161" in recent
+
+
+def test_a_row_refused_by_the_store_is_a_dead_letter_whose_replay_gives_the_row_again():
+    from streams.pipeline import refused_row_letter
+    users = users_in(0, 3)
+    messages = [action(f"e{i}", users[i % 3], NOW - 10_000 + i, label="l", target_id="t", error="boom" if i % 2 else "",
+                       properties={"p": "v", "token": "tok-Secret-42"},
+                       keyword_args_json=json.dumps({"password": "hunter2", "q": "sales", "index": i}))
+                for i in range(6)]
+    first, _ = run(messages)
+    letters = [refused_row_letter(row, "Code: 469. VIOLATED_CONSTRAINT", "user-actions", NOW) for row in first.rows]
+    assert {(letter.reason, letter.source_offset) for letter in letters} == {("refused_by_store", i) for i in range(6)}
+    assert all("hunter2" not in str(letter) and "tok-Secret-42" not in str(letter) for letter in letters)
+    assert letters[0].scrubbed_fields == first.rows[0]["scrubbed_fields"]  # the audit stays with the letter
+    replayed, _ = run([letter.scrubbed_payload for letter in letters])
+    assert [{**row, "scrubbed_fields": []} for row in first.rows] == replayed.rows
 
 
 def test_a_partition_remembers_only_the_sessions_that_can_still_continue():

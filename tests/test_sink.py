@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
-                          batch_token, to_columns, write_with_retry)
+from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RefusedRows,
+                          RetryPolicy, batch_token, insert_isolating, to_columns, write_with_retry)
 
 
 def run_inline(fn):
@@ -72,20 +72,24 @@ def row(event_id: str, user: str = "u1") -> dict:
     return values
 
 
+def insert_rows(writer: ClickHouseWriter, table: str, rows: list[dict], columns: tuple[str, ...], token: str) -> None:
+    writer.insert_columns(table, to_columns(rows, columns), columns, token)
+
+
 def test_columns_follow_the_table_order():
     columns = to_columns([row("a"), row("b")], USER_ACTION_COLUMNS)
-    assert columns[USER_ACTION_COLUMNS.index("event_id")] == ["a", "b"]
+    assert list(columns) == list(USER_ACTION_COLUMNS) and columns["event_id"] == ["a", "b"]
 
 
 @pytest.mark.clickhouse
 def test_a_retried_batch_is_stored_once_and_a_redelivered_event_collapses(ch):
     writer = ClickHouseWriter(ch)
     batch = [row(f"e{i}", user=f"u{i % 3}") for i in range(100)]
-    writer.insert("user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")
-    writer.insert("user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")  # the same batch, retried
+    insert_rows(writer, "user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")
+    insert_rows(writer, "user_actions", batch, USER_ACTION_COLUMNS, "user-actions:0@0-99")  # the same batch, retried
     assert ch.query("SELECT count() FROM user_actions").result_rows == [(100,)]
     # after a crash the same events come back in a differently cut batch: the engine collapses them
-    writer.insert("user_actions", batch[50:], USER_ACTION_COLUMNS, "user-actions:0@50-120")
+    insert_rows(writer, "user_actions", batch[50:], USER_ACTION_COLUMNS, "user-actions:0@50-120")
     assert ch.query("SELECT count() FROM user_actions FINAL").result_rows == [(100,)]
     assert writer.stats.inserts == 3 and writer.stats.max_batch_rows == 100
 
@@ -100,7 +104,7 @@ def test_every_kind_of_value_is_stored_as_it_was_sent(ch):
                         "scrubbed_fields": ["a", text], "result_index": -7, "kafka_offset": 2**63 + 5,
                         "start_epoch_ms": -1, "duration_ms": 2**62}
     nulls = row("e2") | {"result_index": None}
-    writer.insert("user_actions", [sent, nulls], USER_ACTION_COLUMNS, "t1")
+    insert_rows(writer, "user_actions", [sent, nulls], USER_ACTION_COLUMNS, "t1")
     got = ch.query("SELECT toUnixTimestamp64Milli(ts), toUnixTimestamp64Milli(ingested_at), label, properties, "
                    "ab_flags, scrubbed_fields, result_index, kafka_offset, start_epoch_ms, duration_ms, ds "
                    "FROM user_actions ORDER BY event_id").result_rows
@@ -108,13 +112,71 @@ def test_every_kind_of_value_is_stored_as_it_was_sent(ch):
                       ["a", text], -7, 2**63 + 5, -1, 2**62, dt.date(2025, 11, 24))
     assert got[1][6] is None
 
-    writer.insert("user_profiles", [{"user": "u1", "email": "", "title": "SWE", "team": "data", "ab_flags": {},
-                                     "updated_at": 1_764_000_000_001}], PROFILE_COLUMNS, "t2")
+    profile = {"user": "u1", "email": "", "title": "SWE", "team": "data", "ab_flags": {}, "updated_at": 1_764_000_000_001}
+    insert_rows(writer, "user_profiles", [profile], PROFILE_COLUMNS, "t2")
     assert ch.query("SELECT toUnixTimestamp64Milli(updated_at) FROM user_profiles").result_rows == [(1_764_000_000_001,)]
     # every time column the sink writes is sent as milliseconds -> seconds (a number alone is seconds in JSON)
     time_columns = ch.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND "
                             "table IN ('user_actions', 'dead_letters', 'user_profiles') AND type LIKE 'DateTime%'")
     assert {name for (name,) in time_columns.result_rows} == MILLISECOND_COLUMNS
+
+
+def isolate(writer: ClickHouseWriter, rows: list[dict], sleep=asyncio.sleep) -> list[tuple[int, str]]:
+    """The sink's insert of a user_actions batch: what it returns is what ClickHouse refused."""
+    return asyncio.run(insert_isolating(writer, "user_actions", to_columns(rows, USER_ACTION_COLUMNS),
+                                        USER_ACTION_COLUMNS, "user-actions:0@0-99", RetryPolicy(), sleep))
+
+
+def test_rows_refused_by_clickhouse_are_not_retried():
+    attempts = []
+
+    def write():
+        attempts.append(1)
+        raise RefusedRows("Code: 469. VIOLATED_CONSTRAINT")
+
+    with pytest.raises(RefusedRows):
+        asyncio.run(write_with_retry(write, RetryPolicy(), "insert", run=run_inline))
+    assert len(attempts) == 1
+
+
+@pytest.mark.clickhouse
+def test_rows_clickhouse_refuses_are_found_and_every_other_row_is_stored(ch):
+    """A constraint the rows must meet (as an operator may add): the batch is halved until the three
+    rows that break it stand alone; the 97 others are stored, once."""
+    ch.command("ALTER TABLE user_actions ADD CONSTRAINT no_poison CHECK command != 'poison'")
+    writer = ClickHouseWriter(ch)
+    rows = [row(f"e{i:03}") | ({"command": "poison"} if i in (7, 50, 93) else {}) for i in range(100)]
+    refused = isolate(writer, rows)
+    assert [index for index, _ in refused] == [7, 50, 93]
+    assert all("VIOLATED_CONSTRAINT" in why and "no_poison" in why for _, why in refused)
+    assert ch.query("SELECT count(), uniqExact(event_id), countIf(command = 'poison') FROM user_actions"
+                    ).result_rows == [(97, 97, 0)]
+
+
+@pytest.mark.clickhouse
+def test_a_value_that_cannot_be_serialised_is_one_refused_row(ch):
+    writer = ClickHouseWriter(ch)
+    rows = [row(f"e{i}") for i in range(10)]
+    rows[4]["kafka_offset"] = 2**64  # past UInt64: no JSON number ClickHouse could read
+    refused = isolate(writer, rows)
+    assert [index for index, _ in refused] == [4] and "not serialisable" in refused[0][1]
+    assert ch.query("SELECT count() FROM user_actions").result_rows == [(9,)]
+
+
+@pytest.mark.clickhouse
+def test_an_outage_is_waited_for_and_not_blamed_on_the_rows(ch):
+    """The table is away (as in a migration gone wrong) on the first attempt: that is the server's
+    problem, not the rows', so the whole batch is retried and stored, nothing refused."""
+    ch.command("RENAME TABLE user_actions TO user_actions_away")
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        ch.command("RENAME TABLE user_actions_away TO user_actions")
+
+    assert isolate(ClickHouseWriter(ch), [row(f"e{i}") for i in range(100)], sleep) == []
+    assert len(waits) == 1
+    assert ch.query("SELECT count() FROM user_actions").result_rows == [(100,)]
 
 
 def test_a_clickhouse_server_that_is_down_is_waited_for_not_fatal():

@@ -324,6 +324,43 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     worker.stop()
 
 
+def test_rows_clickhouse_refuses_become_dead_letters_and_a_replay_stores_them(pipeline_env):
+    """An operator adds a constraint that some valid events break: the worker neither stops nor
+    skips: the rest is stored, the refused rows are dead letters with ClickHouse's reason, the
+    offsets move on. With the constraint gone, `tally dlq replay` stores them, once."""
+    import subprocess
+    actions = make_actions(1500, seed=8, start=dt.date(2026, 9, 14), days=2)
+    refused = list(range(100, 1500, 150))
+    for index in refused:
+        actions[index].command = "poison.refused"
+    topic = pipeline_env.topics.user_actions
+    worker = pipeline_env.worker().start()
+    worker.query("ALTER TABLE user_actions ADD CONSTRAINT no_poison CHECK command != 'poison.refused'")
+    send(pipeline_env.bootstrap, topic, actions)
+    stats = worker.wait_consumed(len(actions))
+    assert (stats["delivered"], stats["dead_lettered"]) == (1490, 10)
+    assert stats["dead_letters_by_reason"] == {"refused_by_store": 10}
+    assert worker.query("SELECT count(), countIf(command = 'poison.refused') FROM user_actions") == [[1490, 0]]
+    letters = worker.query("SELECT event_id, detail FROM dead_letters WHERE reason = 'refused_by_store'")
+    assert sorted(event_id for event_id, _ in letters) == sorted(actions[index].event_id for index in refused)
+    assert all("VIOLATED_CONSTRAINT" in detail and "no_poison" in detail for _, detail in letters)
+    wait_for(lambda: committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) == len(actions), timeout=60,
+             what="offsets committed past the refused rows")
+    wait_for_metrics([worker], expected_metrics(actions))  # the events were valid: the users were active
+
+    worker.query("ALTER TABLE user_actions DROP CONSTRAINT no_poison")
+    replay = subprocess.run([sys.executable, "-m", "streams.cli", "dlq", "replay", "--reason", "refused_by_store",
+                             "--bootstrap", pipeline_env.bootstrap, "--topic-prefix", pipeline_env.prefix],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert replay.returncode == 0 and "replayed 10 dead letters" in replay.stdout, replay.stdout + replay.stderr
+    stats = worker.wait_consumed(len(actions) + 10)
+    assert (stats["delivered"], stats["duplicates"], stats["dead_lettered"]) == (1500, 0, 10)
+    assert worker.query("SELECT count(), uniqExact(event_id), countIf(command = 'poison.refused') "
+                        "FROM user_actions FINAL") == [[1500, 1500, 10]]
+    wait_for_metrics([worker], expected_metrics(actions))
+    worker.stop()
+
+
 def test_an_idle_partition_does_not_hold_back_the_alerts_clock(pipeline_env):
     """One partition's users stop after the first day while the others go on: once that partition is
     caught up and quiet, the alerts' clock follows the partitions that still have data."""
