@@ -121,6 +121,9 @@ class InputContinuity:
             self.expected[partition] = offset + 1
             if self.rewinds.pop(partition, None) is not None:
                 self.resolved.append(partition)
+            # back in order: a seek still pending (asked by stale read-ahead earlier in this step) is
+            # moot, and left there it would hide the partition's next hole from its look-up
+            self.to_seek.pop(partition, None)
             return True
         if offset > expected:
             if partition not in self.rewinds and partition not in self.to_seek:
@@ -619,6 +622,8 @@ class Pipeline:
                           "from %d", topic, partition, hole, seen - 1, hole)
             elif first is None:  # no record from the hole on (a trailing transaction marker): nothing to read
                 continuity.rewinds.pop(partition, None)
+                log.info("%s partition %d: the broker has no records from offset %d on (a transaction marker); "
+                         "waiting for more", topic, partition, hole)
             elif continuity.pass_hole(partition, hole, first):
                 self.offset_holes["passed"] += 1
                 log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction markers, "

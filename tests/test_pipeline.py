@@ -200,6 +200,22 @@ def test_the_agent_takes_each_partition_in_offset_order_and_rewinds_to_a_hole():
     assert continuity.to_check == {0: (12, 14)}
 
 
+def test_a_hole_right_after_a_filled_one_in_the_same_step_is_looked_up_too():
+    """Within one step: stale read-ahead asks for the seek again, then the re-read fills the hole,
+    then the partition jumps again (a transaction marker). The new hole is looked up: it is not
+    taken for the old one, whose seek would otherwise be repeated for ever."""
+    from streams.app import InputContinuity
+    continuity = InputContinuity("user-actions")
+    continuity.start(0, 0)
+    assert [o for o in (0, 1, 3) if continuity.admit(0, o)] == [0, 1]  # hole at 2
+    continuity.to_check.clear()  # its look-up started
+    assert continuity.take_seeks(now=100.0, retry_after=1.0) == {0: 2}
+    step = [9, 2, 3, 4, 6, 7]  # stale 9; the re-read 2..4; then offset 5 is missing
+    assert [o for o in step if continuity.admit(0, o)] == [2, 3, 4]
+    assert continuity.to_check == {0: (5, 6)}
+    assert continuity.take_seeks(now=100.1, retry_after=1.0) == {0: 5}
+
+
 def test_a_hole_at_the_committed_offset_is_a_hole_too():
     """The first message after an assignment must be the committed one: Faust lets one missing offset
     at the committed head through its commit check."""
