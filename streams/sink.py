@@ -205,30 +205,63 @@ async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what:
             backoff = min(backoff * 2, policy.max_backoff_s)
 
 
+class TooManyRefused(Exception):
+    """More of a batch refused than bad events explain: the table and the rows disagree (a schema
+    change, a constraint on everything), which is the store's problem, not the events'."""
+
+
+def refused_rows_limit(rows: int) -> int:
+    """How many refused rows a batch may dead-letter: one in a thousand, at least 16 (Arroyo's DLQ
+    limit has the same idea: past it, a consumer should stop rather than dead-letter everything)."""
+    return max(16, rows // 1000)
+
+
 async def insert_isolating(writer: ClickHouseWriter, table: str, data: dict[str, list], columns: tuple[str, ...],
-                           token: str, policy: RetryPolicy, sleep=asyncio.sleep,
-                           first_row: int = 0) -> list[tuple[int, str]]:
+                           token: str, policy: RetryPolicy, sleep=asyncio.sleep) -> list[tuple[int, str]]:
     """Insert rows held as columns, retried through outages (`write_with_retry`). When ClickHouse
     refuses a part for its rows, the part is halved until each refused row stands alone; those come
     back as (row index, why), every other row is stored. One bad row in n costs about 2 log2(n)
-    more inserts (30 for 20k rows)."""
+    more inserts (30 for 20k rows).
+
+    Past `refused_rows_limit` refused rows the batch is waited for like an outage instead (its
+    parts that were stored are dropped as duplicates when the same parts are sent again)."""
+    rows = len(next(iter(data.values()), ()))
+    limit, backoff, attempt = refused_rows_limit(rows), policy.initial_backoff_s, 0
+    while True:
+        attempt += 1
+        found: list[tuple[int, str]] = []
+        try:
+            await _insert_halving(writer, table, data, columns, token, policy, sleep, 0, found, limit)
+            return found
+        except TooManyRefused as exc:
+            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+                raise
+            log.error("ClickHouse refuses more than %d of %d rows for %s (%s): the table and the rows disagree; "
+                      "waiting %.1fs as for an outage", limit, rows, table, exc, backoff)
+            await sleep(backoff)
+            backoff = min(backoff * 2, policy.max_backoff_s)
+
+
+async def _insert_halving(writer: ClickHouseWriter, table: str, data: dict[str, list], columns: tuple[str, ...],
+                          token: str, policy: RetryPolicy, sleep, first_row: int, found: list, limit: int) -> None:
     rows = len(next(iter(data.values()), ()))
     if not rows:
-        return []
+        return
     try:
         await write_with_retry(lambda: writer.insert_columns(table, data, columns, token), policy,
                                f"insert of {rows} rows into {table}", sleep)
-        return []
+        return
     except RefusedRows as refused:
         if rows == 1:
-            return [(first_row, str(refused))]
+            found.append((first_row, str(refused)))
+            if len(found) > limit:
+                raise TooManyRefused(str(refused)) from None
+            return
     half = rows // 2
-    found = []
     for low, high in ((0, half), (half, rows)):
         part = {name: values[low:high] for name, values in data.items()}
         part_token = f"{token}#{first_row + low}-{first_row + high - 1}"
-        found += await insert_isolating(writer, table, part, columns, part_token, policy, sleep, first_row + low)
-    return found
+        await _insert_halving(writer, table, part, columns, part_token, policy, sleep, first_row + low, found, limit)
 
 
 def batch_token(topic: str, offsets: dict[int, tuple[int, int]]) -> str:

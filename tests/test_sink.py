@@ -154,6 +154,23 @@ def test_rows_clickhouse_refuses_are_found_and_every_other_row_is_stored(ch):
 
 
 @pytest.mark.clickhouse
+def test_a_batch_mostly_refused_is_waited_for_like_an_outage_not_dead_lettered(ch, caplog):
+    """Every row breaks the table's rule (a schema change gone wrong): that is the store's problem,
+    so nothing is dead-lettered; once the rule is fixed, the whole batch is stored."""
+    ch.command("ALTER TABLE user_actions ADD CONSTRAINT no_searches CHECK command != 'search_table'")
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        if "more than 16 of 100 rows" in caplog.text:
+            ch.command("ALTER TABLE user_actions DROP CONSTRAINT no_searches")
+
+    assert isolate(ClickHouseWriter(ch), [row(f"e{i}") for i in range(100)], sleep) == []
+    assert len(waits) == 1
+    assert ch.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL").result_rows == [(100, 100)]
+
+
+@pytest.mark.clickhouse
 def test_a_value_that_cannot_be_serialised_is_one_refused_row(ch):
     writer = ClickHouseWriter(ch)
     rows = [row(f"e{i}") for i in range(10)]
