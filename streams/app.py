@@ -177,8 +177,10 @@ class BrokerLookup:
         self.consumer = None
         self.lock = asyncio.Lock()
 
-    async def first_offset(self, topic: str, partition: int, offset: int) -> int | None:
-        """The offset of the first record from `offset` on (None: nothing there yet)."""
+    async def first_offset(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> int | None:
+        """The offset of the first record from `offset` on (None: nothing there yet). Reading past
+        control records (transaction markers) up to the partition's end says "nothing" at once,
+        instead of after the whole timeout: an idle transactional topic ends in a marker."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
         async with self.lock:
             if self.consumer is None:
@@ -189,8 +191,14 @@ class BrokerLookup:
             tp = TopicPartition(topic, partition)
             self.consumer.assign([tp])
             self.consumer.seek(tp, offset)
-            records = (await self.consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
-            return records[0].offset if records else None
+            end = (await self.consumer.end_offsets([tp]))[tp]
+            deadline = time.monotonic() + timeout
+            while True:
+                records = (await self.consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, [])
+                if records:
+                    return records[0].offset
+                if await self.consumer.position(tp) >= end or time.monotonic() >= deadline:
+                    return None
 
     async def stop(self) -> None:
         if self.consumer is not None:
