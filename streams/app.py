@@ -265,7 +265,8 @@ class Pipeline:
         self.offset_holes = {"reread": 0, "passed": 0}  # for /stats/ and /metrics/
         self.broker_lookup = BrokerLookup(settings.bootstrap)
         self.retry = RetryPolicy()
-        self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry))
+        self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry),
+                                       compression=None if settings.is_embedded_clickhouse else "zstd")
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.alerts = AlertEngine(load_rules(settings.alert_rules))

@@ -27,6 +27,11 @@ import orjson
 from clickhouse_connect.driver.exceptions import DatabaseError
 from google.protobuf.json_format import MessageToDict
 
+try:
+    from compression import zstd  # Python 3.14+
+except ImportError:
+    from backports import zstd
+
 from .clickhouse import first_line
 from .contract import DeadLetter, UserAction
 
@@ -124,10 +129,17 @@ class SinkStats:
 
 class ClickHouseWriter:
     """Inserts into one ClickHouse database. Thread-safe: calls are serialised with a lock, since an
-    embedded chDB session and the worker's query endpoint share one client."""
+    embedded chDB session and the worker's query endpoint share one client.
 
-    def __init__(self, client) -> None:
+    `compression="zstd"` sends each insert compressed (level 1: about 7x smaller, ~0.8 us a row,
+    outside the interpreter lock): what a server across a network wants; embedded, nothing crosses
+    a wire."""
+
+    def __init__(self, client, compression: str | None = None) -> None:
+        if compression not in (None, "zstd"):
+            raise ValueError(f"insert compression {compression!r}: expected zstd or None")
         self.client = client
+        self.compression = compression
         self.lock = threading.Lock()
         self.stats = SinkStats()
 
@@ -141,9 +153,11 @@ class ClickHouseWriter:
             body = json_columns(data, columns)
         except (TypeError, ValueError) as exc:  # orjson's JSONEncodeError is a TypeError
             raise RefusedRows(f"not serialisable: {exc}") from exc
+        if self.compression:
+            body = zstd.compress(body, level=1)
         with self.lock:  # counted under the lock too: whoever reads the rows next sees them counted
             try:
-                self.client.raw_insert(table, list(columns), body, fmt="JSONColumns",
+                self.client.raw_insert(table, list(columns), body, fmt="JSONColumns", compression=self.compression,
                                        settings={"insert_deduplication_token": dedup_token})
             except DatabaseError as exc:
                 if exc.code in ROW_ERROR_CODES:

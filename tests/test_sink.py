@@ -95,9 +95,11 @@ def test_a_retried_batch_is_stored_once_and_a_redelivered_event_collapses(ch):
 
 
 @pytest.mark.clickhouse
-def test_every_kind_of_value_is_stored_as_it_was_sent(ch):
-    """Inserts travel as JSON: milliseconds, maps, arrays, nulls and awkward text come back unchanged."""
-    writer = ClickHouseWriter(ch)
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_every_kind_of_value_is_stored_as_it_was_sent(ch, compression):
+    """Inserts travel as JSON, compressed for a server: milliseconds, maps, arrays, nulls and awkward
+    text come back unchanged."""
+    writer = ClickHouseWriter(ch, compression)
     text = 'quote " backslash \\ newline \n tab \t nul \x00 emoji \U0001F600 accents éü 中文'
     sent = row("e1") | {"ts": 1_764_000_123_457, "ingested_at": 1_764_000_999_001, "label": text,
                         "properties": {"k": text, "": "empty key"}, "ab_flags": {"flag": "on"},
@@ -119,6 +121,11 @@ def test_every_kind_of_value_is_stored_as_it_was_sent(ch):
     time_columns = ch.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND "
                             "table IN ('user_actions', 'dead_letters', 'user_profiles') AND type LIKE 'DateTime%'")
     assert {name for (name,) in time_columns.result_rows} == MILLISECOND_COLUMNS
+
+
+def test_only_compressions_a_server_reads_are_taken():
+    with pytest.raises(ValueError, match="zstd"):
+        ClickHouseWriter(client=None, compression="zip")
 
 
 def isolate(writer: ClickHouseWriter, rows: list[dict], sleep=asyncio.sleep) -> list[tuple[int, str]]:
