@@ -125,6 +125,7 @@ class SinkStats:
     insert_cpu_seconds: float = 0.0  # the inserting thread's CPU: serialising rows, and what chDB runs in it
     last_batch_rows: int = 0
     max_batch_rows: int = 0
+    failed_inserts: int = 0  # inserts ClickHouse did not take (each retry of an outage, each refused part)
 
 
 class ClickHouseWriter:
@@ -159,8 +160,9 @@ class ClickHouseWriter:
             try:
                 self.client.raw_insert(table, list(columns), body, fmt="JSONColumns", compression=self.compression,
                                        settings={"insert_deduplication_token": dedup_token})
-            except DatabaseError as exc:
-                if exc.code in ROW_ERROR_CODES:
+            except Exception as exc:
+                self.stats.failed_inserts += 1
+                if isinstance(exc, DatabaseError) and exc.code in ROW_ERROR_CODES:
                     raise RefusedRows(first_line(exc, limit=1000)) from exc
                 raise
             stats = self.stats

@@ -35,7 +35,8 @@ def _stats(pipeline) -> dict:
                    "seconds": round(stages.seconds, 3)},
         "sink": {"inserts": sink.inserts, "rows": sink.rows, "insert_seconds": round(sink.insert_seconds, 3),
                  "insert_cpu_seconds": round(sink.insert_cpu_seconds, 3),
-                 "last_batch_rows": sink.last_batch_rows, "max_batch_rows": sink.max_batch_rows},
+                 "last_batch_rows": sink.last_batch_rows, "max_batch_rows": sink.max_batch_rows,
+                 "failed_inserts": sink.failed_inserts},
         "consumer_lag": lag, "metric_updates": pipeline.metrics_emitted,
         "offset_holes": dict(pipeline.offset_holes),
         "alerts_firing": pipeline.alerts.state(),
@@ -66,6 +67,8 @@ def prometheus_text(stats: dict) -> str:
     metric("sink_insert_cpu_seconds_total", "counter", "CPU time of the inserting thread",
            [("", sink["insert_cpu_seconds"])])
     metric("sink_last_batch_rows", "gauge", "rows in the last insert", [("", sink["last_batch_rows"])])
+    metric("sink_failed_inserts_total", "counter", "inserts ClickHouse did not take (retried, or halved to find "
+           "refused rows)", [("", sink["failed_inserts"])])
     metric("consumer_lag", "gauge", "messages not yet processed per input partition",
            [(f'{{partition="{p}"}}', n) for p, n in sorted(stats["consumer_lag"].items())])
     metric("metric_updates_total", "counter", "MetricUpdate messages published", [("", stats["metric_updates"])])

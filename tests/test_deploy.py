@@ -41,3 +41,15 @@ def test_deploy_manifests_parse_and_run_the_worker():
     containers = [c for d in documents if d.get("kind") in ("Deployment", "StatefulSet")
                   for c in d["spec"]["template"]["spec"]["containers"]]
     assert any("worker" in " ".join(map(str, c.get("args", []) + c.get("command", []))) for c in containers)
+
+
+def test_alert_rules_are_prometheus_rule_groups():
+    """deploy/prometheus/alerts.yml loads as Prometheus rule groups (that each rule's metrics are ones
+    the worker exports is checked against a real worker's scrape in test_stream_guarantees)."""
+    groups = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len({rule["alert"] for rule in rules}) == len(rules) >= 5
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["expr"].strip() and rule["labels"]["severity"] in ("page", "warn", "info")
+        assert rule["annotations"]["summary"]

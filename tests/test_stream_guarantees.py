@@ -295,6 +295,30 @@ def test_a_restart_continues_the_sessions_it_left_open(pipeline_env):
     second.stop()
 
 
+def metrics_scrape(worker) -> dict[str, float]:
+    """The worker's /metrics/ as a Prometheus scrape sees it: metric name -> value, summed over labels."""
+    values: dict[str, float] = {}
+    with urllib.request.urlopen(worker.web + "/metrics/") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("# TYPE "):
+                values.setdefault(line.split()[2], 0.0)
+            elif line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                name = name.split("{")[0]
+                values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
+def alert_rule_metrics() -> set[str]:
+    """The worker metrics that deploy/prometheus/alerts.yml's rules use."""
+    import re
+
+    import yaml
+    rules = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy/prometheus/alerts.yml").read_text())
+    expressions = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
+    return set(re.findall(r"\btally_\w+", expressions))
+
+
 def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(pipeline_env):
     """ClickHouse goes away under a running worker (its table is taken away, then given back): the
     worker retries with backoff, acknowledges nothing it has not stored, and catches up after."""
@@ -311,6 +335,10 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     stats = worker.stats()
     assert stats["consumed"] == stats["delivered"] == 2000  # nothing counted that is not stored
     assert committed(pipeline_env.bootstrap, pipeline_env.app_id, topic) <= 2000  # nor acknowledged to Kafka
+    # what the deploy's alert rules watch shows it: failed inserts, and no insert taken meanwhile
+    scrape = metrics_scrape(worker)
+    assert scrape["tally_sink_failed_inserts_total"] >= 3 and scrape["tally_sink_inserts_total"] == stats["sink"]["inserts"]
+    assert alert_rule_metrics() <= set(scrape), "an alert rule watches a metric the worker does not export"
     time.sleep(2)
     assert worker.stats()["consumed"] == 2000  # still holding: backpressure, not skipping
 
