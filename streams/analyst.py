@@ -48,31 +48,38 @@ def _looks_like_select(sql: str) -> bool:
     return bool(re.match(r"\s*(\(\s*)*(SELECT|WITH)\b", sql, re.IGNORECASE))
 
 
-def run_query(client, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
+# ClickHouse's readonly=2: reads, and settings for the query itself; no writes, no DDL
+READ_ONLY = {"readonly": 2}
+
+
+def run_query(client, sql: str, parameters: dict | None = None,
+              settings: dict | None = None) -> tuple[list[str], list[tuple]]:
     """Column names and rows of `sql`; raises QueryError with ClickHouse's message."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     try:
-        result = client.query(sql, parameters=parameters or None)
+        result = client.query(sql, parameters=parameters or None, settings=settings)
         columns, rows = list(result.column_names), [tuple(row) for row in result.result_rows]
         if not columns and not rows and _looks_like_select(sql):
             # chDB returns no column names for an empty result; ask for them so the header still shows.
-            described = client.query(f"DESCRIBE ({sql.strip().rstrip(';')})", parameters=parameters or None)
+            described = client.query(f"DESCRIBE ({sql.strip().rstrip(';')})", parameters=parameters or None,
+                                     settings=settings)
             columns = [row[0] for row in described.result_rows]
     except ClickHouseError as exc:
         raise QueryError(error_message(exc)) from None
     return columns, rows
 
 
-def handle_query_request(client, body: dict) -> tuple[int, dict]:
-    """The worker's `POST /query`: {"sql", "parameters"} -> (HTTP status, JSON-able answer)."""
+def handle_query_request(client, body: dict, read_only: bool = True) -> tuple[int, dict]:
+    """The worker's `POST /query`: {"sql", "parameters"} -> (HTTP status, JSON-able answer). Read-only
+    unless the worker was started with --admin-sql: the port may be reachable by more than its owner."""
     if not isinstance(body, dict) or not isinstance(body.get("sql"), str) or not body["sql"].strip():
         return 400, {"error": 'expected a JSON object {"sql": "...", "parameters": {...}}'}
     parameters = body.get("parameters") or None
     if parameters is not None and not isinstance(parameters, dict):
         return 400, {"error": "parameters must be a JSON object"}
     try:
-        columns, rows = run_query(client, body["sql"], parameters)
+        columns, rows = run_query(client, body["sql"], parameters, READ_ONLY if read_only else None)
     except QueryError as exc:
         return 400, {"error": str(exc)}
     return 200, {"columns": columns, "rows": [list(row) for row in rows]}

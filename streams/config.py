@@ -30,6 +30,8 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4               # partitions of the input topic (keyed by user)
     web_port: int = 6066
+    web_bind: str = "127.0.0.1"       # 0.0.0.0 in a container, for probes and scrapes
+    admin_sql: bool = False           # POST /query/ may change data and tables (else read-only)
     sink_batch_size: int = 20_000     # rows per ClickHouse insert, about
     sink_batch_seconds: float = 1.0   # ... or this long, whichever comes first
     take_messages: int = 100          # Kafka messages per take from the stream (one may be an envelope) ...
@@ -79,6 +81,8 @@ def from_env(**overrides) -> Settings:
         values["alert_rules"] = Path(env["TALLY_ALERT_RULES"])
     if "TALLY_WEB_PORT" in env:
         values["web_port"] = int(env["TALLY_WEB_PORT"])
+    if "TALLY_WEB_BIND" in env:
+        values["web_bind"] = env["TALLY_WEB_BIND"]
     prefix = overrides.pop("topic_prefix", None)
     if prefix:
         values["topics"] = Topics.with_prefix(prefix)

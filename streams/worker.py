@@ -53,6 +53,10 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("worker", help="run the Faust worker: Kafka -> stages -> ClickHouse")
     add_settings_args(parser)
     parser.add_argument("--web-port", type=int, help="HTTP port for /stats, /metrics, /active-users, /query")
+    parser.add_argument("--web-bind", help="address the HTTP port listens on (default 127.0.0.1; env TALLY_WEB_BIND)")
+    parser.add_argument("--admin-sql", action="store_true", default=None,
+                        help="let POST /query/ change data and tables (an operator's local worker; never on a "
+                             "shared port). Without it, queries run read-only")
     parser.add_argument("--partitions", type=int, help="partitions of the input topic (default 4)")
     parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert (about; default 20000)")
     parser.add_argument("--batch-seconds", type=float, help="seconds a batch may wait to fill")
@@ -73,7 +77,8 @@ def add_cli(subparsers) -> None:
 def settings_for_worker(args):
     from .cli import settings_from_args
     return settings_from_args(
-        args, web_port=args.web_port, partitions=args.partitions, sink_batch_size=args.batch_size,
+        args, web_port=args.web_port, web_bind=args.web_bind, admin_sql=args.admin_sql,
+        partitions=args.partitions, sink_batch_size=args.batch_size,
         sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
         idle_partition_seconds=args.idle_seconds,
         alert_rules=Path(args.alert_rules) if args.alert_rules else None,

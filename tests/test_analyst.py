@@ -179,6 +179,20 @@ def test_query_goes_through_the_running_worker(running_worker, capsys):
 
 
 @pytest.mark.kafka
+def test_sql_through_the_running_worker_is_read_only(running_worker, capsys):
+    """Its port may be reachable by more than its owner: SQL that would change data or tables is
+    refused (a worker started with --admin-sql takes it, as test_stream_guarantees' do)."""
+    data_dir, _ = running_worker
+    target = analyst.open_query_target(Settings(data_dir=data_dir))
+    for sql in ("DROP TABLE user_actions", "ALTER TABLE user_actions DELETE WHERE 1",
+                "INSERT INTO user_profiles (user) VALUES ('mallory')"):
+        with pytest.raises(analyst.QueryError, match="readonly mode"):
+            target.query(sql)
+    assert target.query("SELECT count() FROM kpi_actions")[1] == [(6,)]
+    assert target.query("SELECT count() FROM user_profiles WHERE user = 'mallory'")[1] == [(0,)]
+
+
+@pytest.mark.kafka
 def test_report_through_the_running_worker(running_worker, capsys):
     data_dir, _ = running_worker
     assert tally("report", "dau", "--app", "amundsen", "--since", str(DAY), "--until", str(DAY + dt.timedelta(days=6)),

@@ -53,3 +53,16 @@ def test_alert_rules_are_prometheus_rule_groups():
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert rule["expr"].strip() and rule["labels"]["severity"] in ("page", "warn", "info")
         assert rule["annotations"]["summary"]
+
+
+def test_deployed_workers_listen_beyond_localhost_and_keep_sql_read_only():
+    """The readiness probe and Prometheus reach the worker's port from outside its container; the
+    port's /query/ must then not take DDL."""
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["TALLY_WEB_BIND"] == "0.0.0.0"
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()) if d]
+    containers = [c for d in documents if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]]
+    assert all({"name": "TALLY_WEB_BIND", "value": "0.0.0.0"} in c["env"] for c in containers)
+    commands = [" ".join(map(str, worker["command"]))] + [" ".join(map(str, c.get("args", []))) for c in containers]
+    assert not any("--admin-sql" in command for command in commands)

@@ -325,7 +325,7 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     import time
     actions = make_actions(5000, seed=6, start=dt.date(2026, 9, 7), days=14, users=120)
     topic = pipeline_env.topics.user_actions
-    worker = pipeline_env.worker().start()
+    worker = pipeline_env.worker("w1", "--admin-sql").start()  # the operator's DDL goes through it
     send(pipeline_env.bootstrap, topic, actions[:2000])
     worker.wait_consumed(2000)
     worker.query("RENAME TABLE user_actions TO user_actions_offline")
@@ -362,7 +362,7 @@ def test_rows_clickhouse_refuses_become_dead_letters_and_a_replay_stores_them(pi
     for index in refused:
         actions[index].command = "poison.refused"
     topic = pipeline_env.topics.user_actions
-    worker = pipeline_env.worker().start()
+    worker = pipeline_env.worker("w1", "--admin-sql").start()  # the operator's DDL goes through it
     worker.query("ALTER TABLE user_actions ADD CONSTRAINT no_poison CHECK command != 'poison.refused'")
     send(pipeline_env.bootstrap, topic, actions)
     stats = worker.wait_consumed(len(actions))
