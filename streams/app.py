@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -310,7 +311,7 @@ class Pipeline:
             producer_max_request_size=4 * 1024 * 1024,
             web_enabled=True,
             web_bind=s.web_bind,
-            web_host=s.web_bind,
+            web_host=socket.gethostname() if s.web_bind == "0.0.0.0" else s.web_bind,  # the URL it tells the group
             web_port=s.web_port,
             web_in_thread=False,
             table_standby_replicas=0,

@@ -3,7 +3,9 @@ import asyncio
 import json
 import datetime as dt
 import random
+import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -226,3 +228,39 @@ def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
     assert stored_users == {a.user for a in by_stored}
     wait_for_metrics([worker], expected_metrics(by_stored))
     worker.stop()
+
+
+def machine_address() -> str | None:
+    """This machine's address on its first non-loopback interface (no packet is sent), if any."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_worker_port_is_local_unless_bound_wider(pipeline_env):
+    """By default only this machine's loopback reaches /stats/; with --web-bind 0.0.0.0 (a container,
+    whose probe and scrape come from outside) the machine's own address does too."""
+    address = machine_address()
+    if address is None:
+        pytest.skip("no non-loopback interface to reach the worker by")
+    local = pipeline_env.worker("w1").start()
+    assert answers(f"{local.web}/stats/")
+    assert not answers(f"http://{address}:{local.web_port}/stats/")
+    local.stop()
+    wide = pipeline_env.worker("w2", "--web-bind", "0.0.0.0").start()
+    assert answers(f"http://{address}:{wide.web_port}/stats/")
+    wide.stop()
