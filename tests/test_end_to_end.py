@@ -244,8 +244,9 @@ def machine_address() -> str | None:
 
 
 def answers(url: str) -> bool:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
     try:
-        with urllib.request.urlopen(url, timeout=5):
+        with direct.open(url, timeout=5):
             return True
     except OSError:
         return False
