@@ -91,6 +91,11 @@ class RefusedRows(Exception):
     be serialised at all. Sending the same rows again cannot help."""
 
 
+def row_count(data: dict[str, list]) -> int:
+    """Rows in a batch held as columns (every column has one value per row)."""
+    return len(next(iter(data.values()), ()))
+
+
 def to_columns(rows: list[dict], columns: tuple[str, ...]) -> dict[str, list]:
     """Row dicts -> one list per column, by name (what `insert_columns` takes); each column's pass
     runs in C (map over itemgetter), not as a Python loop."""
@@ -146,7 +151,7 @@ class ClickHouseWriter:
 
     def insert_columns(self, table: str, data: dict[str, list], columns: tuple[str, ...], dedup_token: str) -> None:
         """Insert rows held as columns (name -> one value per row); `columns` names what to write."""
-        rows = len(data[columns[0]]) if columns else 0
+        rows = row_count(data)
         if not rows:
             return
         started, started_cpu = time.perf_counter(), time.thread_time()
@@ -241,7 +246,7 @@ async def insert_isolating(writer: ClickHouseWriter, table: str, data: dict[str,
 
     Past `refused_rows_limit` refused rows the batch is waited for like an outage instead (its
     parts that were stored are dropped as duplicates when the same parts are sent again)."""
-    rows = len(next(iter(data.values()), ()))
+    rows = row_count(data)
     limit, backoff, attempt = refused_rows_limit(rows), policy.initial_backoff_s, 0
     while True:
         attempt += 1
@@ -260,7 +265,7 @@ async def insert_isolating(writer: ClickHouseWriter, table: str, data: dict[str,
 
 async def _insert_halving(writer: ClickHouseWriter, table: str, data: dict[str, list], columns: tuple[str, ...],
                           token: str, policy: RetryPolicy, sleep, first_row: int, found: list, limit: int) -> None:
-    rows = len(next(iter(data.values()), ()))
+    rows = row_count(data)
     if not rows:
         return
     try:

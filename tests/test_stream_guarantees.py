@@ -3,12 +3,15 @@ nothing lost, nothing counted twice, event time everywhere, secrets never stored
 import asyncio
 import datetime as dt
 import json
+import re
 import signal
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer
 
 from conftest import publish
@@ -311,9 +314,6 @@ def metrics_scrape(worker) -> dict[str, float]:
 
 def alert_rule_metrics() -> set[str]:
     """The worker metrics that deploy/prometheus/alerts.yml's rules use."""
-    import re
-
-    import yaml
     rules = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy/prometheus/alerts.yml").read_text())
     expressions = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
     return set(re.findall(r"\btally_\w+", expressions))
@@ -356,7 +356,6 @@ def test_rows_clickhouse_refuses_become_dead_letters_and_a_replay_stores_them(pi
     """An operator adds a constraint that some valid events break: the worker neither stops nor
     skips: the rest is stored, the refused rows are dead letters with ClickHouse's reason, the
     offsets move on. With the constraint gone, `tally dlq replay` stores them, once."""
-    import subprocess
     actions = make_actions(1500, seed=8, start=dt.date(2026, 9, 14), days=2)
     refused = list(range(100, 1500, 150))
     for index in refused:
