@@ -35,6 +35,7 @@ from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import SESSION_GAP_MS, load_mapping
 from .outcome import REFUSED_BY_STORE, BatchCounts, Source
 from .pipeline import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
+from .broker import track_topics
 from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, insert_isolating, to_columns)
@@ -289,6 +290,7 @@ class Pipeline:
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
         self.in_flight: asyncio.Task | None = None
         self._actions_stream = None
+        self._outputs_tracked = False  # see track_output_topics
         self.app = self._build_app()
 
     # ---- Faust app ------------------------------------------------------------------------
@@ -345,6 +347,20 @@ class Pipeline:
         from . import web
         web.register(app, self)
         return app
+
+    def output_topics(self) -> list[str]:
+        """Every topic the worker writes to: its outputs and its tables' changelogs."""
+        topics = (self.actions_topic, self.dlq_topic, self.metrics_topic, self.alerts_topic, self.partials_topic)
+        tables = (self.active_days, self.profiles, self.metric_totals)
+        return [t.get_topic_name() for t in topics] + [t.changelog_topic.get_topic_name() for t in tables]
+
+    async def track_output_topics(self) -> None:
+        """Before the worker's first send, so no metadata refresh forgets a topic it writes to
+        (`broker.track_topics`). Each agent and the metrics timer ask first; the first does it."""
+        if not self._outputs_tracked:
+            producer = self.app.producer._ensure_producer()  # Faust's aiokafka producer (internal)
+            await track_topics(producer.client, self.output_topics())
+            self._outputs_tracked = True
 
     async def install_log_scrubbing(self) -> None:
         """Log lines pass the same policy as stored rows (once the worker has set up its handlers)."""
@@ -437,6 +453,7 @@ class Pipeline:
         a time, in order."""
         s = self.settings
         self._actions_stream = stream
+        await self.track_output_topics()
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
             # a take that does not fill waits a tenth of a batch at most: light load goes on at once
@@ -734,6 +751,7 @@ class Pipeline:
 
     async def profiles_agent(self, stream) -> None:
         order = self.profiles_order
+        await self.track_output_topics()
         async for events in stream.take_events(1000, within=0.5):
             await self._learn_where_partitions_start(order, {event.message.partition for event in events})
             rows, sends = [], []
@@ -772,6 +790,7 @@ class Pipeline:
         """Sums the partitions' counts into exact totals (the partials topic has one partition, so
         one worker owns every total and the alert rules see them all)."""
         order = self.partials_order
+        await self.track_output_topics()
         async for event in stream.events():
             # partials apply idempotently (each count is a partition's latest): a re-read is harmless
             await self._learn_where_partitions_start(order, {event.message.partition})
@@ -813,6 +832,7 @@ class Pipeline:
         """At most one MetricUpdate per key per interval: the latest value wins."""
         if self.stopped:
             return
+        await self.track_output_topics()
         pending, self.pending_metrics = self.pending_metrics, {}
         for key, entry in pending.items():
             metric, app, day = key.split("|")
