@@ -146,7 +146,20 @@ class WorkerProcess:
             if stats["consumed"] >= count:
                 return stats
             time.sleep(0.5)
-        raise TimeoutError(f"consumed {stats.get('consumed')} of {count}: {self.log_tail()}")
+        raise TimeoutError(f"consumed {stats.get('consumed')} of {count}: {self.log_tail()}\n"
+                           f"stats: {stats}\nwhere the worker's code waits:\n{self.waiting_in()}")
+
+    def waiting_in(self, settle: float = 5.0) -> str:
+        """The worker's own frames in every asyncio task, from the task dump its runner (mode) writes
+        to the log on SIGUSR1: what a stuck worker waits for."""
+        path = self.data_dir / "worker.log"
+        start = path.stat().st_size
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(settle)
+        lines = path.read_bytes()[start:].decode(errors="replace").splitlines()
+        ours = [i for i, line in enumerate(lines) if line.lstrip().startswith("File") and "/streams/" in line
+                and "/streams/cli.py" not in line and "/streams/worker.py" not in line]  # the main thread's start
+        return "\n".join(f"{lines[i].strip()}: {lines[i + 1].strip() if i + 1 < len(lines) else ''}" for i in ours)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
         if self.process is None or self.process.poll() is not None:
