@@ -30,12 +30,12 @@ from faust.types import TP
 from . import clickhouse
 from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
 from .alerts import AlertEngine, StreamClock, load_rules
+from .broker import track_topics
 from .config import Settings
 from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
 from .enrich import SESSION_GAP_MS, load_mapping
 from .outcome import REFUSED_BY_STORE, BatchCounts, Source
 from .pipeline import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
-from .broker import track_topics
 from .scrub import Scrubber, load_policy, scrub_logs
 from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, insert_isolating, to_columns)
@@ -290,7 +290,7 @@ class Pipeline:
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
         self.in_flight: asyncio.Task | None = None
         self._actions_stream = None
-        self._outputs_tracked = False  # see track_output_topics
+        self._tracking_client = None  # the producer's client that tracks the output topics
         self.app = self._build_app()
 
     # ---- Faust app ------------------------------------------------------------------------
@@ -356,11 +356,12 @@ class Pipeline:
 
     async def track_output_topics(self) -> None:
         """Before the worker's first send, so no metadata refresh forgets a topic it writes to
-        (`broker.track_topics`). Each agent and the metrics timer ask first; the first does it."""
-        if not self._outputs_tracked:
-            producer = self.app.producer._ensure_producer()  # Faust's aiokafka producer (internal)
-            await track_topics(producer.client, self.output_topics())
-            self._outputs_tracked = True
+        (`broker.track_topics`). Each agent and the metrics timer ask first; the first does it (again
+        for a new producer)."""
+        client = self.app.producer._ensure_producer().client  # Faust's aiokafka producer (internal)
+        if client is not self._tracking_client:
+            await track_topics(client, self.output_topics())
+            self._tracking_client = client
 
     async def install_log_scrubbing(self) -> None:
         """Log lines pass the same policy as stored rows (once the worker has set up its handlers)."""
