@@ -60,9 +60,9 @@ def test_every_topic_the_worker_writes_to_survives_a_metadata_refresh_for_anothe
     """aiokafka refreshes metadata only for the topics it tracks, and a send to a topic it knows
     from an all-topics refresh does not track it: the next refresh made for another topic forgets
     it, and its batches wait for a leader until they expire. A worker was seen so with its first
-    dead letters unsent and their batch never acked (this file's bad-input test, 1 run in ~40).
-    The worker tracks every topic it writes to before its first send; here its list, on a producer
-    in that state."""
+    dead letters unsent and their batch never acked (this file's bad-input test, 2 of ~50 looped
+    runs). The worker tracks every topic it writes to before its first send; here its list, on a
+    producer in that state."""
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     settings = Settings(bootstrap=bootstrap, data_dir=tmp_path, clickhouse=ch_dsn, app_id=f"tally-{prefix[:-1]}",
                         topics=Topics.with_prefix(prefix))
