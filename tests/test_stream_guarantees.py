@@ -15,9 +15,9 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from conftest import create_topics, publish
+from conftest import publish
 from streams.app import PARTIALS_TOPIC, Pipeline
-from streams.broker import track_topics
+from streams.broker import create_topics, track_topics
 from streams.config import Settings, Topics
 from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
 from test_end_to_end import DAY_MS, committed, committed_offsets, expected_metrics, make_actions, send, wait_for, wait_for_metrics
