@@ -111,7 +111,7 @@ def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
     """Connect and migrate, waiting for a server that is down (with backoff, logged) rather than
     failing the worker. An embedded data directory owned by another process fails at once: waiting
     would not help, and the message says what to do."""
-    backoff = policy.initial_backoff_s
+    waits = policy.waits()
     attempt = 0
     while True:
         attempt += 1
@@ -127,9 +127,9 @@ def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
                 raise RuntimeError(f"cannot open the embedded ClickHouse at {urlparse(dsn).path}: {message}. "
                                    f"Is another process (a running worker?) using it? Only one process can "
                                    f"own the directory: stop it, or query through its endpoint") from exc
-            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+            wait = next(waits, None)
+            if wait is None:
                 raise
             log.error("ClickHouse at %s is not reachable (attempt %d): %s; retrying in %.1fs",
-                      redact(dsn), attempt, message, backoff)
-            sleep(backoff)
-            backoff = min(backoff * 2, policy.max_backoff_s)
+                      redact(dsn), attempt, message, wait)
+            sleep(wait)

@@ -121,6 +121,14 @@ class RetryPolicy:
     max_backoff_s: float = 30.0
     max_attempts: int | None = None  # None: retry until it works (the worker stops consuming meanwhile)
 
+    def waits(self):
+        """The wait before each retry, doubling up to `max_backoff_s`; it runs out once
+        `max_attempts` attempts have been made."""
+        wait, attempt = self.initial_backoff_s, 1
+        while self.max_attempts is None or attempt < self.max_attempts:
+            yield wait
+            wait, attempt = min(wait * 2, self.max_backoff_s), attempt + 1
+
 
 @dataclass
 class SinkStats:
@@ -207,7 +215,7 @@ async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what:
     While this waits the agent does not return, so Faust acks nothing and the consumer stops
     fetching once its buffer is full: backpressure instead of loss."""
     run = run or (lambda fn: asyncio.get_running_loop().run_in_executor(None, fn))
-    backoff = policy.initial_backoff_s
+    waits = policy.waits()
     attempt = 0
     while True:
         attempt += 1
@@ -219,11 +227,11 @@ async def write_with_retry(write: Callable[[], None], policy: RetryPolicy, what:
         except RefusedRows:
             raise
         except Exception as exc:
-            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+            wait = next(waits, None)
+            if wait is None:
                 raise
-            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, first_line(exc), backoff)
-            await sleep(backoff)
-            backoff = min(backoff * 2, policy.max_backoff_s)
+            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, first_line(exc), wait)
+            await sleep(wait)
 
 
 class TooManyRefused(Exception):
@@ -247,20 +255,19 @@ async def insert_isolating(writer: ClickHouseWriter, table: str, data: dict[str,
     Past `refused_rows_limit` refused rows the batch is waited for like an outage instead (its
     parts that were stored are dropped as duplicates when the same parts are sent again)."""
     rows = row_count(data)
-    limit, backoff, attempt = refused_rows_limit(rows), policy.initial_backoff_s, 0
+    limit, waits = refused_rows_limit(rows), policy.waits()
     while True:
-        attempt += 1
         found: list[tuple[int, str]] = []
         try:
             await _insert_halving(writer, table, data, columns, token, policy, sleep, 0, found, limit)
             return found
         except TooManyRefused as exc:
-            if policy.max_attempts is not None and attempt >= policy.max_attempts:
+            wait = next(waits, None)
+            if wait is None:
                 raise
             log.error("ClickHouse refuses more than %d of %d rows for %s (%s): the table and the rows disagree; "
-                      "waiting %.1fs as for an outage", limit, rows, table, exc, backoff)
-            await sleep(backoff)
-            backoff = min(backoff * 2, policy.max_backoff_s)
+                      "waiting %.1fs as for an outage", limit, rows, table, exc, wait)
+            await sleep(wait)
 
 
 async def _insert_halving(writer: ClickHouseWriter, table: str, data: dict[str, list], columns: tuple[str, ...],
