@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m streams.broker fetch-jars
+	$(BIN)/python -m streams.ops.broker fetch-jars
 	touch $(STAMP)
 
 install: $(STAMP)

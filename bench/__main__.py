@@ -100,10 +100,10 @@ def plan_from_args(args: argparse.Namespace):
 
 
 def _cli_bench(args: argparse.Namespace) -> int:
-    from streams.broker import Broker
+    from streams.ops.broker import Broker
 
     from . import report
-    from streams.broker import free_port
+    from streams.ops.broker import free_port
     plan = plan_from_args(args)
     # a terminated run still stops its workers and broker (the finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -21,9 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.broker import free_port
+from streams.ops.broker import free_port
 from streams.config import Settings, Topics
-from streams.demo import stop as stop_process  # SIGTERM, then SIGKILL after a timeout
+from streams.ops.demo import stop as stop_process  # SIGTERM, then SIGKILL after a timeout
 
 from . import procstat
 from .load import Sent, Traffic, preload, send_steady
@@ -54,7 +54,7 @@ class RunPlan:
 # ---- input --------------------------------------------------------------------------------------
 
 async def create_pipeline_topics(bootstrap: str, prefix: str, partitions: int) -> Topics:
-    from streams.broker import create_topics, pipeline_topics
+    from streams.ops.broker import create_topics, pipeline_topics
     settings = Settings(bootstrap=bootstrap, topics=Topics.with_prefix(prefix), partitions=partitions)
     counts, compacted = pipeline_topics(settings)
     await create_topics(bootstrap, counts, compacted)

@@ -13,8 +13,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from streams.generator import generate_actions, generate_profiles, partition_key
-from streams.pipeline import partition_for_user
+from streams.producer.generator import generate_actions, generate_profiles, partition_key
+from streams.stages.flow import partition_for_user
 
 DAYS = 28  # four weeks of history: every active-user window has something to count
 USERS = 2_000
@@ -59,7 +59,7 @@ def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[i
 def envelopes(messages: list[tuple[bytes, bytes]], partitions: int, envelope: int) -> list[tuple[bytes, bytes, int]]:
     """The messages packed as the SDK packs them, `envelope` actions per UserActionBatch:
     (key, envelope bytes, partition)."""
-    from streams.producer import pack_envelopes
+    from streams.producer.sdk import pack_envelopes
     return [(key, value, partition) for key, value, partition, _, _ in pack_envelopes(
         [(k, v, None) for k, v in messages], partitions, max_bytes=1024 * 1024, max_actions=envelope)]
 
@@ -113,7 +113,7 @@ async def send_steady(bootstrap: str, topic: str, messages: list[tuple[bytes, by
     partition, as the SDK packs each round. Returns where and when each event was sent."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.producer import pack_envelopes
+    from streams.producer.sdk import pack_envelopes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     await producer.start()
     try:

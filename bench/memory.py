@@ -33,15 +33,15 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     """Run `events` generated events through the stages as the worker steps through them; at every
     `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted into a chDB in `data_dir`).
     Resident memory after each cut, from the first one past the warm-up."""
-    from streams.active_users import PartitionActivity
-    from streams.app import PendingBatch, steps_by_size
+    from streams.stages.active_users import PartitionActivity
+    from streams.runtime.app import PendingBatch, steps_by_size
     from streams.contract import ENVELOPE_HEADER
-    from streams.enrich import load_mapping
-    from streams.outcome import Source
-    from streams.pipeline import PartitionState, Stages, process_batch, unpack
-    from streams.scrub import Scrubber, load_policy
-    from streams.sink import USER_ACTION_COLUMNS, ClickHouseWriter
-    from streams.validate import Limits
+    from streams.stages.enrich import load_mapping
+    from streams.stages.outcome import Source
+    from streams.stages.flow import PartitionState, Stages, process_batch, unpack
+    from streams.stages.scrub import Scrubber, load_policy
+    from streams.store.sink import USER_ACTION_COLUMNS, ClickHouseWriter
+    from streams.stages.validate import Limits
 
     from . import load
     traffic = load.generate(events)
@@ -52,8 +52,8 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     del traffic
     writer = None
     if mode == "clickhouse":
-        from streams.clickhouse import connect_and_migrate
-        from streams.sink import RetryPolicy
+        from streams.store.clickhouse import connect_and_migrate
+        from streams.store.sink import RetryPolicy
         writer = ClickHouseWriter(connect_and_migrate(f"chdb://{data_dir}", RetryPolicy(max_attempts=1)))
     stages = Stages(Limits(), load_mapping(), Scrubber(load_policy(hmac_key=os.environ.get("TALLY_HMAC_KEY", "bench"))), 1)
     state = PartitionState(PartitionActivity(lateness_days=3))
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--envelope", type=int, default=1)
     args = parser.parse_args(argv)
-    from streams.clickhouse import close_all
+    from streams.store.clickhouse import close_all
     with tempfile.TemporaryDirectory(prefix="tally-memory-") as data_dir:
         try:
             print(json.dumps(measure(args.mode, args.events, args.envelope, Path(data_dir))))

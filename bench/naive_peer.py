@@ -19,7 +19,7 @@ from pathlib import Path
 
 import faust
 
-from streams import clickhouse
+from streams.store import clickhouse
 from bench.harness import decode_actions
 
 COLUMNS = ["event_id", "app", "command", "user", "ts", "duration_ms", "properties"]

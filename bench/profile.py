@@ -20,7 +20,7 @@ IDLE_FRAMES = ("EpollSelector.select (", "select_epoll_poll", "epoll_wait")
 
 
 def frame_function(frame: str) -> str:
-    """`handle_actions (streams/app.py:172)` -> `handle_actions (streams/app.py)`: lines merged per function."""
+    """`handle_actions (streams/runtime/app.py:172)` -> `handle_actions (streams/runtime/app.py)`: lines merged per function."""
     name, _, where = frame.partition(" (")
     return f"{name} ({where.rsplit(':', 1)[0].rstrip(')')})" if where else name
 

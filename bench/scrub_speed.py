@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 
-from streams import scrub
+from streams.stages import scrub
 
 APPS = ("amundsen", "code-search", "bi", "notebooks")
 COMMANDS = ("search_table", "get_table_metadata", "get_popular_tables", "update_bookmark", "get_user_own",

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from streams.broker import free_port
+from streams.ops.broker import free_port
 from streams.contract import UserAction, new_event_id
-from streams.producer import AUTO, Tracker
+from streams.producer.sdk import AUTO, Tracker
 
 TARGET_OVERHEAD_US = 20.0
 
@@ -115,7 +115,7 @@ def run(bootstrap: str | None = None, calls: int = 50_000, events: int = 100_000
     """All measurements; starts (and stops) a throwaway broker when no bootstrap is given."""
     broker = None
     if bootstrap is None:
-        from streams.broker import Broker
+        from streams.ops.broker import Broker
         broker = Broker(home=Path(tempfile.mkdtemp(prefix="tally-bench-kafka-")), port=free_port(),
                         controller_port=free_port(), partitions=4)
         broker.start()

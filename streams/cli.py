@@ -11,14 +11,14 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "streams.broker",     # tally broker start|stop|status
-    "streams.worker",     # tally worker, tally migrate
-    "streams.demo",       # tally demo
-    "streams.producer",   # tally publish
-    "streams.generator",  # tally generate
-    "streams.dlq",        # tally dlq inspect|replay
-    "streams.analyst",    # tally query, tally report
-    "streams.metrics_cli",  # tally metrics
+    "streams.ops.broker",     # tally broker start|stop|status
+    "streams.runtime.worker",     # tally worker, tally migrate
+    "streams.ops.demo",       # tally demo
+    "streams.producer.sdk",   # tally publish
+    "streams.producer.generator",  # tally generate
+    "streams.ops.dlq",        # tally dlq inspect|replay
+    "streams.analyst.query",    # tally query, tally report
+    "streams.ops.metrics",  # tally metrics
     "bench.__main__",     # tally bench
 ]
 
@@ -47,7 +47,7 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, **extra):
-    from .config import from_env
+    from streams.config import from_env
     return from_env(bootstrap=getattr(args, "bootstrap", None), data_dir=getattr(args, "data_dir", None),
                     clickhouse=getattr(args, "clickhouse", None), topic_prefix=getattr(args, "topic_prefix", None),
                     **extra)

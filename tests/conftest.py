@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streams import clickhouse
-from streams.broker import Broker, create_topics, free_port  # noqa: F401 (tests import free_port from here)
+from streams.store import clickhouse
+from streams.ops.broker import Broker, create_topics, free_port  # noqa: F401 (tests import free_port from here)
 
 TEST_BROKER_PORT = int(os.environ.get("TALLY_TEST_BROKER_PORT", "29092"))
 
@@ -158,7 +158,7 @@ class WorkerProcess:
         time.sleep(settle)
         lines = path.read_bytes()[start:].decode(errors="replace").splitlines()
         ours = [i for i, line in enumerate(lines) if line.lstrip().startswith("File") and "/streams/" in line
-                and "/streams/cli.py" not in line and "/streams/worker.py" not in line]  # the main thread's start
+                and "/streams/cli.py" not in line and "/streams/runtime/worker.py" not in line]  # the main thread's start
         return "\n".join(f"{lines[i].strip()}: {lines[i + 1].strip() if i + 1 < len(lines) else ''}" for i in ours)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from streams.active_users import (ALL_APPS, CALENDAR_WAU, PartitionActivity, day_ordinal, exact_counts,
+from streams.stages.active_users import (ALL_APPS, CALENDAR_WAU, PartitionActivity, day_ordinal, exact_counts,
                                   merge_partition_count, window_end, window_start)
 
 D0 = dt.date(2026, 3, 2).toordinal()  # a Monday

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import pytest
 
-from streams.alerts import (DEFAULT_RULES_PATH, AlertEngine, Rule, StreamClock, change_pct, day_of, load_rules,
+from streams.stages.alerts import (DEFAULT_RULES_PATH, AlertEngine, Rule, StreamClock, change_pct, day_of, load_rules,
                             newest_complete_day, parse_rules)
 
 HOUR_MS = 3_600_000

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from streams import analyst, clickhouse, kpis
+from streams.analyst import query as analyst
+from streams.store import clickhouse
+from streams.analyst import kpis
 from streams.cli import main
 from streams.config import Settings
 
@@ -139,7 +141,7 @@ def load_sample_into(data_dir: Path) -> None:
     """The sample into a data directory's embedded ClickHouse, from a process of its own that exits
     (chDB lets one process own a data directory at a time)."""
     code = ("import sys, pathlib; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "from streams import clickhouse\nfrom streams.config import Settings\nimport test_analyst\n"
+            "from streams.store import clickhouse\nfrom streams.config import Settings\nimport test_analyst\n"
             "client = clickhouse.connect(Settings(data_dir=pathlib.Path(sys.argv[3])).clickhouse_dsn)\n"
             "clickhouse.migrate(client)\ntest_analyst.load_sample(client)\n")
     here = Path(__file__).resolve().parent

@@ -106,16 +106,16 @@ def test_proc_parsing_reads_cpu_ticks_and_resident_memory():
 
 
 def test_hot_functions_leave_out_the_idle_event_loop_and_sum_the_pipeline():
-    lines = ["thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/pipeline.py:80);to_row (streams/enrich.py:9) 6",
-             "thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/pipeline.py:81) 2",
+    lines = ["thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/stages/flow.py:80);to_row (streams/stages/enrich.py:9) 6",
+             "thread (1): MainThread;main (streams/cli.py:5);process_batch (streams/stages/flow.py:81) 2",
              "thread (1): MainThread;run_forever (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 50",
-             "thread (2): asyncio_0;insert (streams/sink.py:3) 2"]
+             "thread (2): asyncio_0;insert (streams/store/sink.py:3) 2"]
     hot = hot_functions(lines)
     assert (hot["samples"], hot["idle_samples"]) == (10, 50)
     assert hot["threads"] == {"MainThread": 0.8, "asyncio_0": 0.2}
-    assert hot["self"][0] == {"function": "to_row (streams/enrich.py)", "share": 0.6}
+    assert hot["self"][0] == {"function": "to_row (streams/stages/enrich.py)", "share": 0.6}
     own = {entry["function"]: entry["share"] for entry in hot["own_total"]}
-    assert own["process_batch (streams/pipeline.py)"] == 0.8
+    assert own["process_batch (streams/stages/flow.py)"] == 0.8
 
 
 @pytest.mark.kafka

@@ -25,7 +25,7 @@ def table_columns(sql: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_cluster_ddl_has_the_columns_of_the_migrations():
-    single = table_columns((ROOT / "streams/sql/001_tables.sql").read_text())
+    single = table_columns((ROOT / "streams/store/sql/001_tables.sql").read_text())
     cluster = table_columns((ROOT / "deploy/clickhouse/cluster.sql").read_text())
     assert {"user_actions", "dead_letters", "user_profiles"} <= set(single)
     for table, columns in single.items():

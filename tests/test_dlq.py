@@ -7,7 +7,7 @@ import pytest
 
 from streams.cli import main
 from streams.contract import DeadLetter, UserAction
-from streams.dlq import (REPLAY_HEADER, SCRUBBED_HEADER, UNREADABLE, DeadLetterRecord, Inspection, ReplayTally,
+from streams.ops.dlq import (REPLAY_HEADER, SCRUBBED_HEADER, UNREADABLE, DeadLetterRecord, Inspection, ReplayTally,
                          decode_record, format_inspection, format_record, format_replay, replay_message,
                          SinceOffsets, select_for_replay)
 

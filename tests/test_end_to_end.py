@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from conftest import publish
-from streams.active_users import day_iso, exact_counts
+from streams.stages.active_users import day_iso, exact_counts
 from streams.contract import UserAction, new_event_id
 
 pytestmark = pytest.mark.kafka
@@ -200,7 +200,7 @@ def test_profiles_join_onto_later_events_and_live_windows_match_clickhouse(pipel
 
 def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
     from streams.contract import ENVELOPE_HEADER
-    from streams.generator import generate_actions, publish_traffic
+    from streams.producer.generator import generate_actions, publish_traffic
     actions = list(generate_actions(seed=8, start_day=dt.date(2026, 8, 3), days=10, users=150, events_per_day=600))
     acked, failed = asyncio.run(publish_traffic(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions,
                                                 envelope=250))
@@ -222,7 +222,7 @@ def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
     assert stats["sink"]["inserts"] >= 2 and stats["sink"]["max_batch_rows"] < 1000 + 20 * 250
     assert worker.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL") == [[len(actions), len(actions)]]
     stored_users = {u for (u,) in worker.query("SELECT DISTINCT user FROM user_actions")}
-    from streams.generator import partition_key
+    from streams.producer.generator import partition_key
     key = partition_key()
     by_stored = [UserAction(app=a.app, user=key(a.user).decode(), start_epoch_ms=a.start_epoch_ms) for a in actions]
     assert stored_users == {a.user for a in by_stored}

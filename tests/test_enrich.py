@@ -4,9 +4,9 @@ import datetime as dt
 import pytest
 
 from streams.contract import UserAction
-from streams.enrich import (SESSION_GAP_MS, assign_session, close_sessions, event_name, extract_properties,
+from streams.stages.enrich import (SESSION_GAP_MS, assign_session, close_sessions, event_name, extract_properties,
                             join_profile, load_mapping, to_row)
-from streams.outcome import Source
+from streams.stages.outcome import Source
 
 MAPPING = load_mapping()
 

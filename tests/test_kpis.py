@@ -13,8 +13,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from streams import kpis
-from streams.analyst import run_query
+from streams.analyst import kpis
+from streams.analyst.query import run_query
 
 pytestmark = pytest.mark.clickhouse
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from streams.active_users import PartitionActivity
+from streams.stages.active_users import PartitionActivity
 from streams.contract import DeadLetter, UserAction
-from streams.enrich import load_mapping
-from streams.outcome import Source
-from streams.pipeline import PartitionState, RecentIds, Stages, partition_for_user, process_batch
-from streams.scrub import Scrubber, load_policy
-from streams.validate import DAY_MS, Limits
+from streams.stages.enrich import load_mapping
+from streams.stages.outcome import Source
+from streams.stages.flow import PartitionState, RecentIds, Stages, partition_for_user, process_batch
+from streams.stages.scrub import Scrubber, load_policy
+from streams.stages.validate import DAY_MS, Limits
 
 NOW = 1_764_000_000_000
 PARTITIONS = 4
@@ -109,7 +109,7 @@ def test_the_same_input_gives_the_same_output():
 
 def test_envelopes_unpack_into_their_actions_and_a_bad_one_is_one_dead_letter():
     from streams.contract import ENVELOPE_HEADER, UserActionBatch
-    from streams.pipeline import unpack
+    from streams.stages.flow import unpack
     source = Source("user-actions", 0, 7)
     actions = [UserAction.FromString(action(f"e{i}", "ann", NOW - i)) for i in range(3)]
     envelope = UserActionBatch(actions=actions).SerializeToString()
@@ -152,7 +152,7 @@ def test_recent_ids_remember_a_bounded_window():
 
 
 def test_a_row_refused_by_the_store_is_a_dead_letter_whose_replay_gives_the_row_again():
-    from streams.pipeline import refused_row_letter
+    from streams.stages.flow import refused_row_letter
     users = users_in(0, 3)
     messages = [action(f"e{i}", users[i % 3], NOW - 10_000 + i, label="l", target_id="t", error="boom" if i % 2 else "",
                        properties={"p": "v", "token": "tok-Secret-42"},
@@ -183,7 +183,7 @@ def test_the_agent_takes_each_partition_in_offset_order_and_rewinds_to_a_hole():
     """An offset jump within a partition is a hole: nothing past it is taken until it has been read
     again (or the broker shows it has no records there), and a redelivery of what was taken already
     is skipped."""
-    from streams.app import InputContinuity
+    from streams.runtime.app import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 10)  # partition 0 committed at 10; partition 1 never committed
     taken = [(p, o) for p, o in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 14), (0, 15), (1, 5)]
@@ -204,7 +204,7 @@ def test_a_hole_right_after_a_filled_one_in_the_same_step_is_looked_up_too():
     """Within one step: stale read-ahead asks for the seek again, then the re-read fills the hole,
     then the partition jumps again (a transaction marker). The new hole is looked up: it is not
     taken for the old one, whose seek would otherwise be repeated for ever."""
-    from streams.app import InputContinuity
+    from streams.runtime.app import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 0)
     assert [o for o in (0, 1, 3) if continuity.admit(0, o)] == [0, 1]  # hole at 2
@@ -219,7 +219,7 @@ def test_a_hole_right_after_a_filled_one_in_the_same_step_is_looked_up_too():
 def test_a_hole_at_the_committed_offset_is_a_hole_too():
     """The first message after an assignment must be the committed one: Faust lets one missing offset
     at the committed head through its commit check."""
-    from streams.app import InputContinuity
+    from streams.runtime.app import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(2, 500)
     assert not continuity.admit(2, 501)
@@ -232,7 +232,7 @@ def test_a_hole_at_the_committed_offset_is_a_hole_too():
 def test_a_hole_the_broker_has_no_records_at_is_passed():
     """Transaction markers and records deleted by retention leave offsets no message will ever fill:
     once the broker says so, the partition goes on from its next record."""
-    from streams.app import InputContinuity
+    from streams.runtime.app import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 10)
     assert not continuity.admit(0, 12)  # 10..11: say a commit marker and a deleted record
@@ -251,7 +251,7 @@ def test_a_take_is_cut_into_steps_by_size_in_order():
     """A take of single actions or of envelopes goes through the stages in steps of about the same
     number of bytes; every message is in exactly one step, in the order taken."""
     from types import SimpleNamespace
-    from streams.app import steps_by_size
+    from streams.runtime.app import steps_by_size
     taken = [SimpleNamespace(message=SimpleNamespace(value=b"x" * size)) for size in (300, 300, 5000, 300, 300, 300)]
     steps = steps_by_size(taken, 1000)
     assert [[len(e.message.value) for e in step] for step in steps] == [[300, 300, 5000], [300, 300, 300]]
@@ -261,7 +261,7 @@ def test_a_take_is_cut_into_steps_by_size_in_order():
 
 def test_a_pending_batch_holds_one_value_per_row_in_every_column():
     """Steps accumulate into one insert: every column must hold exactly one value per row."""
-    from streams.app import PendingBatch
+    from streams.runtime.app import PendingBatch
     ann, bob = users_in(0, 2)
     state, batch = None, PendingBatch()
     for step in ([action("s1", ann, NOW - 9000), action("s2", bob, NOW - 8000)], [action("s3", ann, NOW - 7000)]):
@@ -275,7 +275,7 @@ def test_a_pending_batch_holds_one_value_per_row_in_every_column():
 def test_awkward_arguments_end_as_rows_or_dead_letters_never_as_a_failed_insert(ch):
     """An insert that fails stops the worker (it retries until ClickHouse takes the batch), so a
     value no store can hold must be refused before it: half a surrogate pair, an index too big."""
-    from streams.sink import USER_ACTION_COLUMNS, ClickHouseWriter
+    from streams.store.sink import USER_ACTION_COLUMNS, ClickHouseWriter
     (ann,) = users_in(0, 1)
     result, _ = run([
         action("e1", ann, NOW - 3000, keyword_args_json='{"search_term": "a\\ud800b"}'),

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import scrub
+from streams.stages import scrub
 from streams.contract import UserAction, UserProfile
-from streams.scrub import Scrubber, load_policy
+from streams.stages.scrub import Scrubber, load_policy
 
 KEY = "test-hmac-key"
 
@@ -60,7 +60,7 @@ def test_bundled_policy_loads_with_every_detector():
 
 
 def test_missing_hmac_key_warns_and_still_works(caplog):
-    with caplog.at_level(logging.WARNING, logger="streams.scrub"):
+    with caplog.at_level(logging.WARNING, logger="streams.stages.scrub"):
         scrubber = Scrubber(load_policy(hmac_key=""))
     assert "TALLY_HMAC_KEY" in caplog.text
     assert scrubber.pseudonym("alice") == Scrubber(load_policy(hmac_key=scrub.DEVELOPMENT_HMAC_KEY)).pseudonym("alice")

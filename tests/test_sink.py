@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from streams.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RefusedRows,
+from streams.store.sink import (MILLISECOND_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RefusedRows,
                           RetryPolicy, batch_token, insert_isolating, to_columns, write_with_retry)
 
 
@@ -203,7 +203,7 @@ def test_an_outage_is_waited_for_and_not_blamed_on_the_rows(ch):
 
 
 def test_a_clickhouse_server_that_is_down_is_waited_for_not_fatal():
-    from streams.clickhouse import connect_and_migrate
+    from streams.store.clickhouse import connect_and_migrate
     from conftest import free_port
     sleeps = []
     with pytest.raises(Exception):
@@ -216,7 +216,7 @@ def test_a_clickhouse_server_that_is_down_is_waited_for_not_fatal():
 def test_an_embedded_directory_owned_by_another_process_says_so(tmp_path):
     import subprocess
     import sys
-    from streams.clickhouse import connect_and_migrate
+    from streams.store.clickhouse import connect_and_migrate
     owner = subprocess.Popen([sys.executable, "-c", "import sys, clickhouse_connect; "
                               f"c = clickhouse_connect.get_client(dsn='chdb://{tmp_path}'); c.command('SELECT 1'); "
                               "print('ready', flush=True); sys.stdin.read()"],

@@ -16,8 +16,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from conftest import publish
-from streams.app import PARTIALS_TOPIC, Pipeline
-from streams.broker import create_topics, track_topics
+from streams.runtime.app import PARTIALS_TOPIC, Pipeline
+from streams.ops.broker import create_topics, track_topics
 from streams.config import Settings, Topics
 from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
 from test_end_to_end import DAY_MS, committed, committed_offsets, expected_metrics, make_actions, send, wait_for, wait_for_metrics
@@ -309,7 +309,7 @@ def test_input_from_a_transactional_producer_is_taken_whole(pipeline_env):
 
 def sessions_in_order(actions) -> set[frozenset]:
     """The sessions a user's in-order events make: a new one after 30 minutes without an event."""
-    from streams.enrich import SESSION_GAP_MS
+    from streams.stages.enrich import SESSION_GAP_MS
     last_seen, sessions, current = {}, [], {}
     for action in actions:
         if action.user not in last_seen or action.start_epoch_ms - last_seen[action.user] > SESSION_GAP_MS:

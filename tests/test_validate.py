@@ -1,10 +1,10 @@
 """Validation: every way a message can be wrong ends in a precise reason code."""
 import pytest
 
-from streams import outcome
+from streams.stages import outcome
 from streams.contract import UserAction
-from streams.outcome import Rejected
-from streams.validate import DAY_MS, Limits, check, decode, parse_json_field
+from streams.stages.outcome import Rejected
+from streams.stages.validate import DAY_MS, Limits, check, decode, parse_json_field
 
 NOW = 1_764_000_000_000
 LIMITS = Limits()
@@ -79,11 +79,11 @@ def _decodable(raw) -> bool:
 def test_a_batch_gives_each_message_the_reason_it_gets_alone(name, raw, watermark, expected, enveloped):
     """The pipeline judges a batch column-wide before it looks at single messages: a bad message
     must still get its own reason, and good neighbours in the same batch must still pass."""
-    from streams.active_users import PartitionActivity
-    from streams.enrich import load_mapping
-    from streams.outcome import Source
-    from streams.pipeline import PartitionState, Stages, process_batch
-    from streams.scrub import Scrubber, load_policy
+    from streams.stages.active_users import PartitionActivity
+    from streams.stages.enrich import load_mapping
+    from streams.stages.outcome import Source
+    from streams.stages.flow import PartitionState, Stages, process_batch
+    from streams.stages.scrub import Scrubber, load_policy
 
     if enveloped and not _decodable(raw):
         pytest.skip("not a message an envelope can carry")

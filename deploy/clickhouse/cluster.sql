@@ -1,6 +1,6 @@
 -- Tally on a replicated, sharded ClickHouse cluster (cluster name `tally`, macros {shard} and
 -- {replica} set on every node). Apply once with clickhouse-client --multiquery, then run
--- `tally migrate` against any node for the views (streams/sql/002_kpi_views.sql): they read
+-- `tally migrate` against any node for the views (streams/store/sql/002_kpi_views.sql): they read
 -- `user_actions`, which here is the Distributed table over the per-shard replicated tables.
 --
 -- Sharding by user keeps every event of a user on one shard, so FINAL (event_id dedup) and

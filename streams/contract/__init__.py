@@ -12,8 +12,8 @@ import uuid
 
 from aiokafka.partitioner import murmur2
 
-from .tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
-from .tally.v1.user_action_pb2 import UserAction, UserActionBatch, UserProfile
+from streams.contract.tally.v1.pipeline_pb2 import Alert, DeadLetter, MetricUpdate
+from streams.contract.tally.v1.user_action_pb2 import UserAction, UserActionBatch, UserProfile
 
 SCHEMA_VERSION = 1  # the newest UserAction schema this code understands
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 import urllib.request
 
-from .contract import MetricUpdate
+from streams.contract import MetricUpdate
 
 
 def latest_updates(updates) -> list[dict]:
@@ -53,7 +53,7 @@ def select(rows: list[dict], metric: str | None, app: str | None, day: str | Non
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser("metrics", help="current exact DAU/WAU/MAU (from the worker or the metric topic)")
     add_settings_args(parser)
     parser.add_argument("--metric", choices=["dau", "wau", "mau", "calendar_wau"])
@@ -65,8 +65,8 @@ def add_cli(subparsers) -> None:
 
 
 def _cli_metrics(args) -> int:
-    from .analyst import format_table, running_worker
-    from .cli import settings_from_args
+    from streams.analyst.query import format_table, running_worker
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     worker = running_worker(settings.data_dir)
     if worker is not None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .active_users import ALL_APPS, METRICS
-from .contract import Alert
+from streams.stages.active_users import ALL_APPS, METRICS
+from streams.contract import Alert
 
 THRESHOLD, RELATIVE_CHANGE, NO_DATA = "threshold", "relative_change", "no_data"
 KINDS = (THRESHOLD, RELATIVE_CHANGE, NO_DATA)
@@ -38,7 +38,7 @@ MINUTE_MS = 60_000
 KEEP_DAYS = 14            # values this far behind the watermark are forgotten (D-7 baselines + lateness)
 MAX_CATCH_UP_DAYS = 7     # a watermark jumping many days judges only the newest few
 
-DEFAULT_RULES_PATH = Path(__file__).parent / "policies" / "alerts.yaml"
+DEFAULT_RULES_PATH = Path(__file__).resolve().parent.parent / "policies" / "alerts.yaml"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from .contract import DeadLetter
+from streams.contract import DeadLetter
 
 UNREADABLE = "<unreadable dead letter>"  # a DLQ message that is not a DeadLetter at all
 REPLAY_HEADER = "tally-replayed-from"    # "<dlq topic>/<partition>/<offset>" on every replayed message
@@ -280,7 +280,7 @@ async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str,
 # ---------------------------------------------------------------- command line
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser("dlq", help="inspect and replay dead letters")
     commands = parser.add_subparsers(dest="dlq_command", required=True)
 
@@ -312,7 +312,7 @@ def _since_offsets_arg(text: str) -> SinceOffsets:
 
 
 def _cli_inspect(args) -> int:
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     topic = args.dlq_topic or settings.topics.dead_letters
     inspection = asyncio.run(inspect(settings.bootstrap, topic, args.reason, max(args.limit, 0)))
@@ -321,7 +321,7 @@ def _cli_inspect(args) -> int:
 
 
 def _cli_replay(args) -> int:
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     dlq_topic = args.dlq_topic or settings.topics.dead_letters
     input_topic = args.topic or settings.topics.user_actions

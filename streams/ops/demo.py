@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .broker import free_port
+from streams.ops.broker import free_port
 
 SAMPLE_SQL = """
 SELECT app, event_name, count() AS events, uniqExact(user) AS users,
@@ -71,8 +71,8 @@ def stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
 
 
 def run_demo(args) -> int:
-    from .broker import broker_for
-    from .config import from_env
+    from streams.ops.broker import broker_for
+    from streams.config import from_env
 
     data_dir = Path(args.data_dir or ".tally/demo")
     if data_dir.exists() and not args.keep:

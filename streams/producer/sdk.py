@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, TextIO
 
-from .contract import ENVELOPE_HEADER, SCHEMA_VERSION, UserAction, new_event_id, partition_for_user
+from streams.contract import ENVELOPE_HEADER, SCHEMA_VERSION, UserAction, new_event_id, partition_for_user
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ REDACTED = "[redacted]"
 SECRET_NAME = re.compile(
     r"passw|passphrase|secret|token(?!s)|api[_-]?key|authoriz|credential|cookie|private[_-]?key|^auth$|_auth$",
     re.IGNORECASE)
-AUTO = "auto"  # scrubber=AUTO: use streams.scrub's default policy when that module is importable
+AUTO = "auto"  # scrubber=AUTO: use streams.stages.scrub's default policy when that module is importable
 DropPolicy = Literal["oldest", "newest"]
 
 
@@ -671,8 +671,8 @@ def _resolve_scrubber(scrubber: Any):
     if not (isinstance(scrubber, str) and scrubber == AUTO):
         return scrubber
     try:
-        from .config import from_env
-        from .scrub import Scrubber, load_policy  # optional for the SDK
+        from streams.config import from_env
+        from streams.stages.scrub import Scrubber, load_policy  # optional for the SDK
         # the pipeline's policy and HMAC key (TALLY_SCRUB_POLICY, TALLY_HMAC_KEY): pseudonyms made here
         # must equal the pipeline's, or events would no longer join their user's profile
         settings = from_env()
@@ -939,7 +939,7 @@ def _is_regular_file(stream: TextIO) -> bool:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser(
         "publish", help="publish JSON lines (one UserAction per line) to Kafka as Protobuf",
         description="Read JSON lines (UserAction field names; 'properties' an object; integer timestamps) "
@@ -953,7 +953,7 @@ def add_cli(subparsers) -> None:
 
 
 def _cli_publish(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     topic = args.topic or settings.topics.user_actions
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")

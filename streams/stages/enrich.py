@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from .contract import SCHEMA_VERSION, UserAction
-from .outcome import Source
-from .validate import read_fields
+from streams.contract import SCHEMA_VERSION, UserAction
+from streams.stages.outcome import Source
+from streams.stages.validate import read_fields
 
 SESSION_GAP_MS = 30 * 60_000
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()

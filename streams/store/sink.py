@@ -32,8 +32,8 @@ try:
 except ImportError:
     from backports import zstd
 
-from .clickhouse import first_line
-from .contract import DeadLetter, UserAction
+from streams.store.clickhouse import first_line
+from streams.contract import DeadLetter, UserAction
 
 log = logging.getLogger(__name__)
 

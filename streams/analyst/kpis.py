@@ -1,6 +1,6 @@
 """The named KPIs: the seeds' queries (Amundsen, Elevio, Datagrok, Amplitude) in ClickHouse SQL.
 
-Each KPI is a description, parameterised SQL over the `kpi_*` views (streams/sql/002_kpi_views.sql)
+Each KPI is a description, parameterised SQL over the `kpi_*` views (streams/store/sql/002_kpi_views.sql)
 and a chart spec. Values are bound server-side (`{since:Date}`), never formatted into the SQL.
 Every KPI takes `app` ('' = all apps), `since` and `until`; some take more (threshold, limit, ...).
 """

@@ -20,9 +20,9 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from . import kpis
+from streams.analyst import kpis
 
-WORKER_QUERY_PATH = "/query/"     # served by streams/web.py
+WORKER_QUERY_PATH = "/query/"     # served by streams/runtime/web.py
 WORKER_TIMEOUT_SECONDS = 600      # analyst queries may scan a lot; the worker answers when done
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 TABLE_CELL_WIDTH = 60
@@ -144,7 +144,7 @@ def running_worker(data_dir: Path) -> dict | None:
 
 def open_query_target(settings):
     """Where `tally query` runs SQL: the live worker's endpoint for embedded chDB, else ClickHouse directly."""
-    from . import clickhouse
+    from streams.store import clickhouse
 
     if settings.is_embedded_clickhouse:
         worker = running_worker(settings.data_dir)
@@ -412,7 +412,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_query(args) -> int:
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
 
     try:
         parameters = _parse_assignments(args.param)
@@ -430,7 +430,7 @@ def _report_params(args) -> dict:
 
 
 def cmd_report(args) -> int:
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
 
     if args.list:
         print(list_reports())
@@ -456,7 +456,7 @@ def cmd_report(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
 
     query = subparsers.add_parser("query", help="run SQL on the pipeline's ClickHouse and print the result")
     query.add_argument("sql", help='e.g. "SELECT ds, active_users FROM kpi_dau WHERE app = \'\'"')

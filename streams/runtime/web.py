@@ -98,7 +98,7 @@ def register(app, pipeline) -> None:
     @app.page("/query/")
     class Query(View):
         async def post(self, request):
-            from .analyst import handle_query_request
+            from streams.analyst.query import handle_query_request
             body = json.loads(await request.text() or "{}")
             status, answer = await asyncio.get_running_loop().run_in_executor(
                 None, handle_query_request, _LockedClient(pipeline.writer), body, not pipeline.settings.admin_sql)

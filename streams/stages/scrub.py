@@ -33,11 +33,11 @@ try:  # RE2 scans once in a DFA; stdlib `re` tries every candidate position (abo
 except ImportError:  # pragma: no cover - depends on the environment
     _re2 = None
 
-from .contract import UserAction, UserProfile
+from streams.contract import UserAction, UserProfile
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "scrub.yaml"
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policies" / "scrub.yaml"
 DEVELOPMENT_HMAC_KEY = "tally-development-key-not-a-secret"
 
 ACTIONS = ("drop", "mask", "hmac", "truncate", "keep")

@@ -24,7 +24,7 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
-from .contract import SCHEMA_VERSION, UserAction, UserActionBatch, UserProfile
+from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, UserProfile
 
 APPS = ("amundsen", "code-search", "bi")
 DAY_MS = 86_400_000
@@ -365,7 +365,7 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
     """Profiles first (keyed by user, to the compacted topic), then actions keyed by user at `rate`/s
     (0 = as fast as acks allow), one per message or `envelope` per UserActionBatch message.
     Returns (acknowledged, failed) actions."""
-    from .producer import send_with_acks
+    from streams.producer.sdk import send_with_acks
     key = partition_key()
     if profiles_topic:
         await send_with_acks(bootstrap, profiles_topic,
@@ -382,7 +382,7 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
     sent after 100 ms), each written to the partition its users' stored ids hash to."""
     from aiokafka import AIOKafkaProducer
 
-    from .contract import ENVELOPE_HEADER, partition_for_user
+    from streams.contract import ENVELOPE_HEADER, partition_for_user
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10,
                                 max_request_size=4 * 1024 * 1024, max_batch_size=1024 * 1024)
     await producer.start()
@@ -433,8 +433,8 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
 def partition_key():
     """user -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
     TALLY_HMAC_KEY; the same in every app), which is what it partitions by; other keys cost a re-route."""
-    from .config import from_env
-    from .scrub import Scrubber, load_policy
+    from streams.config import from_env
+    from streams.stages.scrub import Scrubber, load_policy
     settings = from_env()
     scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
     return lambda user: scrubber.scrub_user(user).encode()
@@ -443,7 +443,7 @@ def partition_key():
 # --- CLI -------------------------------------------------------------------------------------------
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser(
         "generate", help="generate realistic multi-app traffic (to Kafka, or to JSON lines)",
         description="Generate Amundsen, code-search and BI traffic for a user population, deterministic "
@@ -468,8 +468,8 @@ def add_cli(subparsers) -> None:
 
 
 def _cli_generate(args: argparse.Namespace) -> int:
-    from .cli import settings_from_args
-    from .producer import action_to_json
+    from streams.cli import settings_from_args
+    from streams.producer.sdk import action_to_json
     settings = settings_from_args(args)
     start_day = args.start_day or (datetime.now(timezone.utc).date() - timedelta(days=args.days))
     apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POM = PROJECT_ROOT / "deploy" / "kafka" / "pom.xml"
 DEFAULT_JAR_CACHE = Path(os.environ.get("TALLY_KAFKA_JARS", Path.home() / ".cache" / "tally" / "kafka-jars"))
 
@@ -248,7 +248,7 @@ def broker_for(settings) -> Broker:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser("broker", help="run a local single-node Kafka broker (KRaft)")
     parser.add_argument("action", choices=["start", "stop", "status"])
     add_settings_args(parser)
@@ -257,7 +257,7 @@ def add_cli(subparsers) -> None:
 
 def _cli_broker(args) -> int:
     import asyncio
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     broker = broker_for(settings)
     if args.action == "start":
@@ -275,7 +275,7 @@ def _cli_broker(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python -m streams.broker fetch-jars`: used by `make install`
+if __name__ == "__main__":  # `python -m streams.ops.broker fetch-jars`: used by `make install`
     import sys
     if sys.argv[1:] == ["fetch-jars"]:
         print(Broker(home=Path(".")).fetch_jars())

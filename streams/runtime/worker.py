@@ -19,8 +19,8 @@ def worker_file(data_dir: Path) -> Path:
 def run_worker(settings, loglevel: str = "WARNING") -> None:
     import faust
 
-    from .app import create_app
-    from .broker import create_topics, pipeline_topics
+    from streams.runtime.app import create_app
+    from streams.ops.broker import create_topics, pipeline_topics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     counts, compacted = pipeline_topics(settings)
@@ -44,12 +44,12 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
         worker.execute_from_commandline()
     finally:
         marker.unlink(missing_ok=True)
-        from . import clickhouse
+        from streams.store import clickhouse
         clickhouse.close_all()
 
 
 def add_cli(subparsers) -> None:
-    from .cli import add_settings_args
+    from streams.cli import add_settings_args
     parser = subparsers.add_parser("worker", help="run the Faust worker: Kafka -> stages -> ClickHouse")
     add_settings_args(parser)
     parser.add_argument("--web-port", type=int, help="HTTP port for /stats, /metrics, /active-users, /query")
@@ -75,7 +75,7 @@ def add_cli(subparsers) -> None:
 
 
 def settings_for_worker(args):
-    from .cli import settings_from_args
+    from streams.cli import settings_from_args
     return settings_from_args(
         args, web_port=args.web_port, web_bind=args.web_bind, admin_sql=args.admin_sql,
         partitions=args.partitions, sink_batch_size=args.batch_size,
@@ -91,8 +91,8 @@ def _cli_worker(args) -> int:
 
 
 def _cli_migrate(args) -> int:
-    from . import clickhouse
-    from .cli import settings_from_args
+    from streams.store import clickhouse
+    from streams.cli import settings_from_args
     settings = settings_from_args(args)
     applied = clickhouse.migrate(clickhouse.connect(settings.clickhouse_dsn))
     print(f"applied migrations: {applied}" if applied else "schema is up to date")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from .contract import SCHEMA_VERSION, UserAction, UserActionBatch
-from .outcome import (END_BEFORE_START, FUTURE_TIMESTAMP, IMPLAUSIBLE_TIMESTAMP, INVALID_FIELD, INVALID_JSON,
+from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch
+from streams.stages.outcome import (END_BEFORE_START, FUTURE_TIMESTAMP, IMPLAUSIBLE_TIMESTAMP, INVALID_FIELD, INVALID_JSON,
                       INVALID_UTF8, MISSING_FIELD, OVERSIZED, TOO_LATE, UNDECODABLE, UNSUPPORTED_SCHEMA,
                       Rejected)
 

@@ -1,7 +1,7 @@
 """The flow for one batch of one partition: validate -> enrich -> scrub -> join -> count.
 
 No Kafka, no ClickHouse: raw messages in, rows / dead letters / state changes out. The Faust
-wiring (`streams.app`) feeds it and turns its result into inserts, topic sends and table writes;
+wiring (`streams.runtime.app`) feeds it and turns its result into inserts, topic sends and table writes;
 tests and benchmarks run it on plain lists.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from . import enrich, validate
-from .active_users import MetricKey, PartitionActivity, day_ordinal
-from .contract import DeadLetter, UserAction, is_envelope, partition_for_user
-from .outcome import REFUSED_BY_STORE, BatchCounts, Rejected, Source
-from .validate import Limits
+from streams.stages import enrich
+from streams.stages import validate
+from streams.stages.active_users import MetricKey, PartitionActivity, day_ordinal
+from streams.contract import DeadLetter, UserAction, is_envelope, partition_for_user
+from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Rejected, Source
+from streams.stages.validate import Limits
 
 # Duplicates from producer retries arrive close together; older ones are still harmless (rows
 # collapse by event_id in ClickHouse, active-user counts are sets), only counted as delivered.
@@ -86,7 +87,7 @@ class Stages:
     """The configured stages: limits, property mapping, scrubber, input partition count."""
     limits: Limits
     mapping: enrich.PropertyMapping
-    scrubber: object  # streams.scrub.Scrubber
+    scrubber: object  # streams.stages.scrub.Scrubber
     partitions: int
     _routes: dict = field(default_factory=dict, compare=False, repr=False)
 

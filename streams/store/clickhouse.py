@@ -67,9 +67,9 @@ def close_all() -> None:
 
 
 def migration_files() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every bundled `streams/sql/NNN_*.sql`, in order."""
+    """(version, name, sql) for every bundled `streams/store/sql/NNN_*.sql`, in order."""
     found = []
-    for entry in resources.files("streams.sql").iterdir():
+    for entry in resources.files("streams.store.sql").iterdir():
         match = re.match(r"(\d+)_(.+)\.sql$", entry.name)
         if match:
             found.append((int(match[1]), match[2], entry.read_text()))

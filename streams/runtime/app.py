@@ -1,4 +1,4 @@
-"""The Faust wiring: topics, tables and agents around the pure stages of `streams.pipeline`.
+"""The Faust wiring: topics, tables and agents around the pure stages of `streams.stages.flow`.
 
     user-actions ──▶ actions agent ──▶ ClickHouse user_actions / dead_letters
         │               │  (validate → enrich → scrub → profile join → active-user days)
@@ -27,19 +27,19 @@ from dataclasses import dataclass, field
 import faust
 from faust.types import TP
 
-from . import clickhouse
-from .active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
-from .alerts import AlertEngine, StreamClock, load_rules
-from .broker import track_topics
-from .config import Settings
-from .contract import Alert, DeadLetter, MetricUpdate, UserProfile
-from .enrich import SESSION_GAP_MS, load_mapping
-from .outcome import REFUSED_BY_STORE, BatchCounts, Source
-from .pipeline import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
-from .scrub import Scrubber, load_policy, scrub_logs
-from .sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
+from streams.store import clickhouse
+from streams.stages.active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
+from streams.stages.alerts import AlertEngine, StreamClock, load_rules
+from streams.ops.broker import track_topics
+from streams.config import Settings
+from streams.contract import Alert, DeadLetter, MetricUpdate, UserProfile
+from streams.stages.enrich import SESSION_GAP_MS, load_mapping
+from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Source
+from streams.stages.flow import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
+from streams.stages.scrub import Scrubber, load_policy, scrub_logs
+from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
                    batch_token, dead_letter_row, insert_isolating, to_columns)
-from .validate import Limits
+from streams.stages.validate import Limits
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class Pipeline:
         app.task(self.install_log_scrubbing)
         app.on_partitions_revoked.connect(self.on_partitions_revoked)
         app.on_before_shutdown.connect(self.on_shutdown)
-        from . import web
+        from streams.runtime import web
         web.register(app, self)
         return app
 

@@ -1,6 +1,6 @@
 -- KPI views over user_actions (the seeds' queries, ported). Every view is exact under duplicate
 -- rows: counts read `user_actions FINAL` (through kpi_actions), distinct counts use uniqExact.
--- The named reports in streams/kpis.py filter these by app and date with query parameters.
+-- The named reports in streams/analyst/kpis.py filter these by app and date with query parameters.
 
 -- The deduplicated events plus the definitions every KPI shares, written once:
 --   is_error          the action failed (has_error), or it is an error action ("sql_error", Elevio style)

@@ -1,0 +1,1 @@
+"""The analyst's side: named KPI definitions (`kpis`), and `tally query` / `tally report` (`query`)."""

@@ -1,0 +1,1 @@
+"""Operations: the local Kafka broker, dead-letter tools, the demo and `tally metrics`."""

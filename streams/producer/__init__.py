@@ -1,0 +1,5 @@
+"""Producers: the fail-safe SDK (`track`, `@action_logging`, the tracker), `tally publish`, and the
+traffic generator. Importable without the worker's stack."""
+from streams.producer.sdk import Tracker, action_logging, configure, track
+
+__all__ = ["Tracker", "action_logging", "configure", "track"]
