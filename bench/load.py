@@ -59,7 +59,7 @@ def by_partition(messages: list[tuple[bytes, bytes]], partitions: int) -> dict[i
 def envelopes(messages: list[tuple[bytes, bytes]], partitions: int, envelope: int) -> list[tuple[bytes, bytes, int]]:
     """The messages packed as the SDK packs them, `envelope` actions per UserActionBatch:
     (key, envelope bytes, partition)."""
-    from streams.producer.sdk import pack_envelopes
+    from streams.producer.envelopes import pack_envelopes
     return [(key, value, partition) for key, value, partition, _, _ in pack_envelopes(
         [(k, v, None) for k, v in messages], partitions, max_bytes=1024 * 1024, max_actions=envelope)]
 
@@ -113,7 +113,7 @@ async def send_steady(bootstrap: str, topic: str, messages: list[tuple[bytes, by
     partition, as the SDK packs each round. Returns where and when each event was sent."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.producer.sdk import pack_envelopes
+    from streams.producer.envelopes import pack_envelopes
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5)
     await producer.start()
     try:

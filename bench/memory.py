@@ -34,7 +34,7 @@ def measure(mode: str, events: int, envelope: int, data_dir: Path, batch_rows: i
     `batch_rows` rows the batch is cut (and, in "clickhouse" mode, inserted into a chDB in `data_dir`).
     Resident memory after each cut, from the first one past the warm-up."""
     from streams.stages.active_users import PartitionActivity
-    from streams.runtime.app import PendingBatch, steps_by_size
+    from streams.runtime.batching import PendingBatch, steps_by_size
     from streams.contract import ENVELOPE_HEADER
     from streams.stages.enrich import load_mapping
     from streams.stages.outcome import Source

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from streams.ops.broker import free_port
 from streams.contract import UserAction, new_event_id
-from streams.producer.sdk import AUTO, Tracker
+from streams.producer.arguments import AUTO
+from streams.producer.tracker import Tracker
 
 TARGET_OVERHEAD_US = 20.0
 

@@ -13,7 +13,7 @@ import pytest
 
 from streams.contract import UserAction
 from streams.producer.generator import APPS, generate_actions, generate_profiles, ground_truth, partition_key
-from streams.producer.sdk import parse_lines
+from streams.producer.publish import parse_lines
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONDAY = date(2024, 5, 6)

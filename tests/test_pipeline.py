@@ -183,7 +183,7 @@ def test_the_agent_takes_each_partition_in_offset_order_and_rewinds_to_a_hole():
     """An offset jump within a partition is a hole: nothing past it is taken until it has been read
     again (or the broker shows it has no records there), and a redelivery of what was taken already
     is skipped."""
-    from streams.runtime.app import InputContinuity
+    from streams.runtime.continuity import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 10)  # partition 0 committed at 10; partition 1 never committed
     taken = [(p, o) for p, o in [(0, 10), (0, 11), (1, 4), (0, 11), (0, 14), (0, 15), (1, 5)]
@@ -204,7 +204,7 @@ def test_a_hole_right_after_a_filled_one_in_the_same_step_is_looked_up_too():
     """Within one step: stale read-ahead asks for the seek again, then the re-read fills the hole,
     then the partition jumps again (a transaction marker). The new hole is looked up: it is not
     taken for the old one, whose seek would otherwise be repeated for ever."""
-    from streams.runtime.app import InputContinuity
+    from streams.runtime.continuity import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 0)
     assert [o for o in (0, 1, 3) if continuity.admit(0, o)] == [0, 1]  # hole at 2
@@ -219,7 +219,7 @@ def test_a_hole_right_after_a_filled_one_in_the_same_step_is_looked_up_too():
 def test_a_hole_at_the_committed_offset_is_a_hole_too():
     """The first message after an assignment must be the committed one: Faust lets one missing offset
     at the committed head through its commit check."""
-    from streams.runtime.app import InputContinuity
+    from streams.runtime.continuity import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(2, 500)
     assert not continuity.admit(2, 501)
@@ -232,7 +232,7 @@ def test_a_hole_at_the_committed_offset_is_a_hole_too():
 def test_a_hole_the_broker_has_no_records_at_is_passed():
     """Transaction markers and records deleted by retention leave offsets no message will ever fill:
     once the broker says so, the partition goes on from its next record."""
-    from streams.runtime.app import InputContinuity
+    from streams.runtime.continuity import InputContinuity
     continuity = InputContinuity("user-actions")
     continuity.start(0, 10)
     assert not continuity.admit(0, 12)  # 10..11: say a commit marker and a deleted record
@@ -251,7 +251,7 @@ def test_a_take_is_cut_into_steps_by_size_in_order():
     """A take of single actions or of envelopes goes through the stages in steps of about the same
     number of bytes; every message is in exactly one step, in the order taken."""
     from types import SimpleNamespace
-    from streams.runtime.app import steps_by_size
+    from streams.runtime.batching import steps_by_size
     taken = [SimpleNamespace(message=SimpleNamespace(value=b"x" * size)) for size in (300, 300, 5000, 300, 300, 300)]
     steps = steps_by_size(taken, 1000)
     assert [[len(e.message.value) for e in step] for step in steps] == [[300, 300, 5000], [300, 300, 300]]
@@ -261,7 +261,7 @@ def test_a_take_is_cut_into_steps_by_size_in_order():
 
 def test_a_pending_batch_holds_one_value_per_row_in_every_column():
     """Steps accumulate into one insert: every column must hold exactly one value per row."""
-    from streams.runtime.app import PendingBatch
+    from streams.runtime.batching import PendingBatch
     ann, bob = users_in(0, 2)
     state, batch = None, PendingBatch()
     for step in ([action("s1", ann, NOW - 9000), action("s2", bob, NOW - 8000)], [action("s3", ann, NOW - 7000)]):

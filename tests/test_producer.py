@@ -12,8 +12,11 @@ import pytest
 
 from streams.ops.broker import Broker, create_topics, free_port
 from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, is_envelope, partition_for_user
-from streams.producer.sdk import (REDACTED, EventBuffer, Tracker, action_from_json, action_logging, action_to_json,
-                              is_secret_name, pack_envelopes, parse_lines, redact_secrets, to_json)
+from streams.producer import Tracker, action_logging
+from streams.producer.arguments import REDACTED, is_secret_name, redact_secrets, to_json
+from streams.producer.buffer import EventBuffer
+from streams.producer.envelopes import pack_envelopes
+from streams.producer.publish import action_from_json, action_to_json, parse_lines
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,7 +445,7 @@ def test_overflow_drops_exactly_the_configured_events(bootstrap, new_topic, capl
     for i in range(8):
         tracker.track("ping", "u@example.com", n=i)  # the sender is not running: the buffer fills up
     assert tracker.stats().dropped == 3
-    with caplog.at_level(logging.WARNING, logger="streams.producer.sdk"):
+    with caplog.at_level(logging.WARNING, logger="streams.producer"):
         tracker.start()
         assert tracker.flush(timeout=60)
         tracker.close()

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from conftest import publish
 from streams.runtime.app import PARTIALS_TOPIC, Pipeline
-from streams.ops.broker import create_topics, track_topics
+from streams.ops.broker import create_topics
+from streams.runtime.kafka_internals import track_topics
 from streams.config import Settings, Topics
 from streams.contract import Alert, DeadLetter, MetricUpdate, UserAction
 from test_end_to_end import DAY_MS, committed, committed_offsets, expected_metrics, make_actions, send, wait_for, wait_for_metrics

@@ -219,20 +219,6 @@ async def create_topics(bootstrap: str, topics: dict[str, int], compacted: set[s
         await admin.close()
 
 
-async def track_topics(client, topics) -> None:
-    """Have an aiokafka client keep `topics` in every metadata refresh from now on.
-
-    aiokafka refreshes metadata only for the topics it tracks (every topic while it tracks none),
-    and a send to a topic it already knows does not track it. So a producer that learned a topic
-    from an all-topics refresh forgets it at the next refresh made for another topic, and the
-    batches waiting for that topic's leader stay unsent until they expire (20 minutes with
-    Faust's producer settings). Seen: a worker's first dead letters never sent, their batch never
-    acknowledged. Tracking every topic a producer writes to, before its first send, avoids it."""
-    for topic in topics:
-        client.add_topic(topic)
-    await client.force_metadata_update()
-
-
 def pipeline_topics(settings) -> tuple[dict[str, int], set[str]]:
     """The topics the pipeline uses, their partition counts, and which are compacted."""
     t = settings.topics

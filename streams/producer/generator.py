@@ -365,7 +365,7 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
     """Profiles first (keyed by user, to the compacted topic), then actions keyed by user at `rate`/s
     (0 = as fast as acks allow), one per message or `envelope` per UserActionBatch message.
     Returns (acknowledged, failed) actions."""
-    from streams.producer.sdk import send_with_acks
+    from streams.producer.publish import send_with_acks
     key = partition_key()
     if profiles_topic:
         await send_with_acks(bootstrap, profiles_topic,
@@ -469,7 +469,7 @@ def add_cli(subparsers) -> None:
 
 def _cli_generate(args: argparse.Namespace) -> int:
     from streams.cli import settings_from_args
-    from streams.producer.sdk import action_to_json
+    from streams.producer.publish import action_to_json
     settings = settings_from_args(args)
     start_day = args.start_day or (datetime.now(timezone.utc).date() - timedelta(days=args.days))
     apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())

@@ -19,241 +19,37 @@ import asyncio
 import json
 import logging
 import socket
-import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import faust
-from faust.types import TP
 
-from streams.store import clickhouse
-from streams.stages.active_users import PartitionActivity, day_iso, day_ordinal, merge_partition_count
-from streams.stages.alerts import AlertEngine, StreamClock, load_rules
-from streams.ops.broker import track_topics
 from streams.config import Settings
-from streams.contract import Alert, DeadLetter, MetricUpdate, UserProfile
-from streams.stages.enrich import SESSION_GAP_MS, load_mapping
+from streams.contract import DeadLetter, UserProfile
+from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, steps_by_size
+from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
+from streams.runtime.kafka_internals import producer_client, table_delete, table_items, table_set, track_topics
+from streams.runtime.partitions import WATERMARK_KEY, PartitionOwnership
+from streams.runtime.totals import Totals
+from streams.stages.alerts import AlertEngine, load_rules
+from streams.stages.enrich import load_mapping
+from streams.stages.flow import Stages, partition_for_user, process_batch, refused_row_letter, unpack
 from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Source
-from streams.stages.flow import PartitionState, Stages, partition_for_user, process_batch, refused_row_letter, unpack
 from streams.stages.scrub import Scrubber, load_policy, scrub_logs
-from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter, RetryPolicy,
-                   batch_token, dead_letter_row, insert_isolating, to_columns)
 from streams.stages.validate import Limits
+from streams.store import clickhouse
+from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter,
+                                RetryPolicy, batch_token, dead_letter_row, insert_isolating, to_columns)
 
 log = logging.getLogger(__name__)
 
 PARTIALS_TOPIC = "tally-active-user-partials"
-WATERMARK_KEY = "~watermark"
-
-
-@dataclass
-class StageTimes:
-    """Time the actions agent spends in the stages (unpack, validate to count) on the event loop's
-    thread: its CPU and wall clock. Beside the sink's insert times, where a worker's time goes."""
-    events: int = 0
-    cpu_seconds: float = 0.0
-    seconds: float = 0.0
-
-
-@dataclass
-class PendingBatch:
-    """Steps of the input that went through the stages and wait to be made durable together: rows
-    accumulate across steps up to one insert's worth, whatever the steps' sizes in messages."""
-    started: float = 0.0                                      # monotonic time of its first step
-    events: list = field(default_factory=list)                # Faust events, acked once durable
-    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
-    columns: dict[str, list] = field(default_factory=dict)   # the rows for user_actions, column by column
-    row_count: int = 0
-    letters: list[DeadLetter] = field(default_factory=list)
-    reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)
-    states: dict[int, PartitionState] = field(default_factory=dict)  # whose changes to persist
-    metric_counts: dict[tuple, int] = field(default_factory=dict)    # (partition, metric, app, day) -> latest
-    progress: dict[int, dict] = field(default_factory=dict)          # partition -> watermark etc., latest
-    counts: BatchCounts = field(default_factory=BatchCounts)
-
-    def add_rows(self, columns: dict[str, list]) -> None:
-        """Add a step's rows. The first step's columns are copied: a step may hold one list under two
-        names (`ts` and `start_epoch_ms`), which extending in place would grow twice."""
-        if not self.columns:
-            self.columns = {name: list(values) for name, values in columns.items()}
-        else:
-            for name, values in columns.items():
-                self.columns[name].extend(values)
-        self.row_count += len(columns["event_id"]) if columns else 0
-
-
-@dataclass
-class DurableWrite:
-    """A pending batch at the moment it is cut: what its flush writes and sends."""
-    batch: PendingBatch
-    sends: list  # futures of changelog writes, made when the batch was cut
-    partial: dict
-
-
-class InputContinuity:
-    """An agent takes each partition of its topic strictly in offset order.
-
-    Around a rebalance Faust can fail to deliver a message and then commit past it (faust-streaming
-    #216/#221: its fetch loop records an offset jump as a gap that the next commit fills, a rule
-    meant for transaction markers, and its commit check lets one missing offset at the committed
-    head through). So a jump is a hole until shown otherwise: messages past it are neither processed
-    nor acked, and the partition is sought back to the hole; messages before it were processed
-    already (a redelivery) and are skipped. A hole the broker itself has no record at (transaction
-    markers of a transactional producer, records deleted by retention) is confirmed by a look of
-    its own and then passed."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic = topic
-        self.expected: dict[int, int] = {}  # partition -> the offset to take next
-        self.rewinds: dict[int, tuple[int, float]] = {}  # partition -> (hole, monotonic time of last seek)
-        self.to_seek: dict[int, int] = {}   # partition -> offset, for the agent to seek after this step
-        self.to_check: dict[int, tuple[int, int]] = {}  # partition -> (new hole, offset seen past it)
-        self.resolved: list[int] = []        # partitions whose hole has just been filled
-
-    def start(self, partition: int, offset: int | None) -> None:
-        """Where a newly assigned partition starts: its committed offset, or for a new group its first
-        record (None: anywhere)."""
-        if offset is not None:
-            self.expected[partition] = offset
-
-    def admit(self, partition: int, offset: int) -> bool:
-        expected = self.expected.get(partition)
-        if expected is None or offset == expected:
-            self.expected[partition] = offset + 1
-            if self.rewinds.pop(partition, None) is not None:
-                self.resolved.append(partition)
-            # back in order: a seek still pending (asked by stale read-ahead earlier in this step) is
-            # moot, and left there it would hide the partition's next hole from its look-up
-            self.to_seek.pop(partition, None)
-            return True
-        if offset > expected:
-            if partition not in self.rewinds and partition not in self.to_seek:
-                self.to_check[partition] = (expected, offset)
-            self.to_seek[partition] = expected
-        return False
-
-    def suspect_hole(self, partition: int, hole: int, high: int) -> None:
-        """Offsets from `hole` up to the broker's `high` never came while the agent sat idle: a hole
-        with nothing after it, to look up and re-read as any other."""
-        self.expected[partition] = hole
-        self.to_check[partition] = (hole, high)
-        self.to_seek[partition] = hole
-
-    def pass_hole(self, partition: int, hole: int, next_offset: int) -> bool:
-        """The broker has no record from `hole` up to `next_offset`: go on from there. False if the
-        partition has moved on meanwhile (the hole filled, or the partition revoked)."""
-        if self.expected.get(partition) != hole:
-            return False
-        self.expected[partition] = next_offset
-        if partition in self.rewinds:  # read-ahead past next_offset may still come: skipped quietly
-            self.rewinds[partition] = (next_offset, self.rewinds[partition][1])
-        if partition in self.to_seek:
-            self.to_seek[partition] = next_offset
-        return True
-
-    def take_seeks(self, now: float, retry_after: float) -> dict[int, int]:
-        """The seeks to make now: holes seen in this step, and holes still open `retry_after` seconds
-        after their last seek (the re-read itself can be dropped by Faust behind stale messages)."""
-        seeks, self.to_seek = self.to_seek, {}
-        for partition, (hole, sought_at) in self.rewinds.items():
-            if now - sought_at >= retry_after:
-                seeks[partition] = hole
-        for partition, hole in seeks.items():
-            self.rewinds[partition] = (hole, now)
-        return seeks
-
-    def forget(self, partition: int) -> None:
-        """A revoked partition: its next owner starts wherever its committed offset says."""
-        self.expected.pop(partition, None)
-        self.rewinds.pop(partition, None)
-        self.to_seek.pop(partition, None)
-        self.to_check.pop(partition, None)
-
-
-class BrokerLookup:
-    """A consumer outside the group, started on first use, that looks up which offsets the broker has."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.consumer = None
-        self.lock = asyncio.Lock()
-
-    async def first_offset(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> int | None:
-        """The offset of the first record from `offset` on (None: nothing there yet). Reading past
-        control records (transaction markers) up to the partition's end says "nothing" at once,
-        instead of after the whole timeout: an idle transactional topic ends in a marker."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        async with self.lock:
-            if self.consumer is None:
-                consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                            auto_offset_reset="earliest", max_partition_fetch_bytes=1024)
-                await consumer.start()
-                self.consumer = consumer
-            tp = TopicPartition(topic, partition)
-            self.consumer.assign([tp])
-            self.consumer.seek(tp, offset)
-            end = (await self.consumer.end_offsets([tp]))[tp]
-            deadline = time.monotonic() + timeout
-            while True:
-                records = (await self.consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp, [])
-                if records:
-                    return records[0].offset
-                if await self.consumer.position(tp) >= end or time.monotonic() >= deadline:
-                    return None
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-            self.consumer = None
-
-
-def admit_in_order(order: InputContinuity, message) -> bool:
-    """Whether `message` is the next of its partition. One that is not (past a hole, or a repeat) is
-    marked acked: its offset is acked through the copy taken in order, and Faust's wait_empty
-    (rebalance, shutdown) must not wait for this one."""
-    if order.admit(message.partition, message.offset):
-        return True
-    message.acked = True
-    return False
-
-
-def message_bytes(event) -> int:
-    return len(event.message.value or b"")
-
-
-def steps_by_size(events: list, step_bytes: int, size_of=message_bytes) -> list[list]:
-    """Consecutive runs of `events`, each ending at the first message that brings it to `step_bytes`."""
-    steps, step, size = [], [], 0
-    for event in events:
-        step.append(event)
-        size += size_of(event)
-        if size >= step_bytes:
-            steps.append(step)
-            step, size = [], 0
-    if step:
-        steps.append(step)
-    return steps
-
-
-def table_set(table, partition: int, key: str, value):
-    """Write a table key to an explicit changelog partition; returns the send's future.
-
-    Faust picks the changelog partition from the *current* event, which inside a `take_events`
-    batch is the batch's last event: wrong for keys of the batch's other partitions. And Faust
-    does not wait for changelog sends before committing offsets, so the caller awaits the future
-    before its batch is acked: state is durable before the input offset moves."""
-    table.data[key] = value
-    return table.send_changelog(partition, key, value)
-
-
-def table_delete(table, partition: int, key: str):
-    table.data.pop(key, None)
-    return table.send_changelog(partition, key, None)
 
 
 class Pipeline:
-    """The running worker's objects: Faust app, stages, per-partition state and counters."""
+    """The running worker: the Faust app, its topics, tables and agents, composed of parts with one
+    job each: the stages (`Stages`), the offset guard (`OffsetGuard`), partition ownership
+    (`PartitionOwnership`), the totals (`Totals`) and the ClickHouse writer."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -263,28 +59,16 @@ class Pipeline:
         self.partials_order = InputContinuity(f"{settings.app_id}-{PARTIALS_TOPIC}")
         self.profiles_order = InputContinuity(settings.topics.user_profiles)
         self.ordered_topics = (self.actions_order, self.partials_order, self.profiles_order)
-        self.hole_checks: set[asyncio.Task] = set()
-        self.offset_holes = {"reread": 0, "passed": 0}  # for /stats/ and /metrics/
-        self.broker_lookup = BrokerLookup(settings.bootstrap)
         self.retry = RetryPolicy()
         self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry),
                                        compression=None if settings.is_embedded_clickhouse else "zstd")
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
-        self.alerts = AlertEngine(load_rules(settings.alert_rules))
-        self.partition_states: dict[int, PartitionState] = {}
-        self.revocations = 0  # rebalances that took partitions away, so far
         self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
-        self.pending_metrics: dict[str, dict] = {}
-        self.stream_clock = StreamClock()  # the input partitions' event time, for alerts
-        self.newest_event_ms: dict[str, int] = {}  # app -> its newest event time, for alerts
         self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message
         self.last_step = time.monotonic()  # when the actions agent last took messages
-        self.stall_checked: dict[int, int] = {}  # input partition -> the highwater it was last checked at
         self.reported_idle: set[int] = set()
         self.started = time.monotonic()
-        self.pending_alerts: list[Alert] = []
-        self.metrics_emitted = 0
         self.stopped = False
         self.pending = PendingBatch()
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
@@ -292,6 +76,23 @@ class Pipeline:
         self._actions_stream = None
         self._tracking_client = None  # the producer's client that tracks the output topics
         self.app = self._build_app()
+        self.guard = OffsetGuard(self.app, settings.bootstrap)
+        self.ownership = PartitionOwnership(self.active_days, self.writer, settings.allowed_lateness_days,
+                                            self.stages.limits.allowed_lateness_ms)
+        self.totals = Totals(self.metric_totals, AlertEngine(load_rules(settings.alert_rules)))
+
+    # what /stats/ and /metrics/ read
+    @property
+    def offset_holes(self) -> dict[str, int]:
+        return self.guard.offset_holes
+
+    @property
+    def metrics_emitted(self) -> int:
+        return self.totals.metrics_emitted
+
+    @property
+    def alerts(self) -> AlertEngine:
+        return self.totals.alerts
 
     # ---- Faust app ------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
@@ -356,9 +157,9 @@ class Pipeline:
 
     async def track_output_topics(self) -> None:
         """Before the worker's first send, so no metadata refresh forgets a topic it writes to
-        (`broker.track_topics`). Each agent and the metrics timer ask first; the first does it (again
+        (`kafka_internals.track_topics`). Each agent and the metrics timer ask first; the first does it (again
         for a new producer)."""
-        client = self.app.producer._ensure_producer().client  # Faust's aiokafka producer (internal)
+        client = producer_client(self.app)
         if client is not self._tracking_client:
             await track_topics(client, self.output_topics())
             self._tracking_client = client
@@ -371,13 +172,13 @@ class Pipeline:
         """A clean stop publishes the metric values and alerts still waiting for their interval."""
         await self.flush_metrics()
         self.stopped = True  # the producer stops next: the interval timer must not send any more
-        await self.broker_lookup.stop()
+        await self.guard.broker_lookup.stop()
 
     async def on_partitions_revoked(self, sender, revoked, **kwargs) -> None:
-        self.revocations += 1
+        self.ownership.revocations += 1
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
-                self.partition_states.pop(tp.partition, None)
+                self.ownership.revoke(tp.partition)
                 self.reported_idle.discard(tp.partition)  # its next owner reports it
             for order in self.ordered_topics:
                 if tp.topic == order.topic:
@@ -385,62 +186,12 @@ class Pipeline:
         self._profile_index = None  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
-    def state_for(self, partition: int) -> PartitionState:
-        """This partition's state, rebuilt the first time (`_take_on_partitions` does that before a
-        step, reading ClickHouse off the event loop; this is for a partition it could not)."""
-        state = self.partition_states.get(partition)
-        if state is None:
-            state = self._recovered_state(partition)
-            if state.watermark_ms:
-                state.open_sessions = self._stored_open_sessions(partition, state.watermark_ms)
-            self.partition_states[partition] = state
-        return state
-
-    async def _take_on_partitions(self, partitions: set[int]) -> None:
-        """State for each input partition first seen since its assignment, before its first step:
-        the sessions its previous owner left open are read back in a thread, since the read waits
-        for any insert in flight."""
-        for partition in partitions - self.partition_states.keys():
-            state = self._recovered_state(partition)
-            if state.watermark_ms:
-                revocations = self.revocations
-                sessions = await asyncio.get_running_loop().run_in_executor(
-                    None, self._stored_open_sessions, partition, state.watermark_ms)
-                if revocations != self.revocations or partition in self.partition_states:
-                    continue  # a rebalance meanwhile: what was read may be another owner's
-                state.open_sessions = sessions
-            self.partition_states[partition] = state
-
-    def _recovered_state(self, partition: int) -> PartitionState:
-        """A partition's active days and watermark from the recovered active_days table."""
-        state = PartitionState(PartitionActivity(self.settings.allowed_lateness_days))
-        prefix = f"{partition}|"
-        persisted = []
-        for key, value in list(self.active_days.data.items()):
-            if not key.startswith(prefix):
-                continue
-            if key == prefix + WATERMARK_KEY:
-                state.watermark_ms = int(value)
-            else:
-                persisted.extend(value)  # [app, user, days] of each user in the bucket
-        state.activity.restore(persisted, day_ordinal(state.watermark_ms) if state.watermark_ms else 0)
-        return state
-
-    def _stored_open_sessions(self, partition: int, watermark_ms: int) -> dict[str, tuple[str, int, int]]:
-        """The sessions a partition's previous owner left open, read back from its stored rows (once,
-        when the partition is taken on). Without them a restart would split sessions in two."""
-        since = watermark_ms - self.stages.limits.allowed_lateness_ms - SESSION_GAP_MS
-        try:
-            return self.writer.open_sessions(partition, since)
-        except Exception as exc:  # sessions then restart here; nothing else depends on them
-            log.warning("could not read the open sessions of input partition %d: %r", partition, exc)
-            return {}
 
     def profile_index(self) -> dict[str, dict]:
         """Profiles by stored user id as a plain dict: the table's store decodes JSON on every read,
         which the join would otherwise pay per event."""
         if self._profile_index is None:
-            self._profile_index = dict(self.profiles.data.items())
+            self._profile_index = dict(table_items(self.profiles))
         return self._profile_index
 
     # ---- agents ---------------------------------------------------------------------------
@@ -461,10 +212,10 @@ class Pipeline:
             async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
                 for events in steps_by_size(taken, s.step_bytes):
                     partitions = {event.message.partition for event in events}
-                    await self._learn_where_partitions_start(self.actions_order, partitions)
-                    await self._take_on_partitions(partitions)
+                    await self.guard.learn_where_partitions_start(self.actions_order, partitions)
+                    await self.ownership.take_on(partitions)
                     self.run_stages(events, self.pending)
-                    await self._keep_in_order(self.actions_order)
+                    await self.guard.keep_in_order(self.actions_order)
                     if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                         while self.in_flight is not None and not self.in_flight.done():
                             await self.in_flight  # at most one batch in flight: backpressure
@@ -475,6 +226,11 @@ class Pipeline:
             if self.in_flight is not None and not self.in_flight.done():
                 await self.in_flight
 
+    def _idle_for(self, seconds: float) -> bool:
+        """No step for `seconds`, nothing pending, nothing in flight."""
+        return (time.monotonic() - self.last_step >= seconds and not self.pending.events
+                and (self.in_flight is None or self.in_flight.done()))
+
     def _pending_is_due(self) -> bool:
         return bool(self.pending.events) and time.monotonic() - self.pending.started >= self.settings.sink_batch_seconds
 
@@ -484,7 +240,7 @@ class Pipeline:
         while True:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
             for order in self.ordered_topics:
-                await self._keep_in_order(order)
+                await self.guard.keep_in_order(order)
             if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
                 self._cut_and_flush()
             try:
@@ -492,7 +248,8 @@ class Pipeline:
             except Exception as exc:  # only the alerts' clock waits for the next try: keep cutting batches
                 log.warning("could not report idle partitions: %r", exc)
             try:
-                await self._catch_stalled_partitions()
+                if self._idle_for(2.0):
+                    await self.guard.catch_stalled_partitions(self.actions_order)
             except Exception as exc:
                 log.warning("could not look for stalled input partitions: %r", exc)
 
@@ -556,108 +313,6 @@ class Pipeline:
         for event in write.batch.events:
             await self._actions_stream.ack(event)
 
-    async def _learn_where_partitions_start(self, continuity: InputContinuity, partitions: set[int]) -> None:
-        """Where each partition first seen since its assignment starts, asked of the broker: its
-        committed offset, else (a new group reads from the earliest) its first record. Faust can
-        deliver messages before its own seek to the committed offsets has finished."""
-        for partition in partitions - continuity.expected.keys():
-            try:
-                continuity.start(partition, await self._where_partition_starts(TP(continuity.topic, partition)))
-            except Exception as exc:  # then the partition starts wherever its first message is
-                log.warning("could not read where %s partition %d starts: %r", continuity.topic, partition, exc)
-
-    async def _where_partition_starts(self, tp: TP) -> int | None:
-        """The group's committed offset, else (a new group reads from the earliest) the first record."""
-        start = await self._in_consumer_thread("committed", tp)
-        return start if start is not None else await self.broker_lookup.first_offset(tp.topic, tp.partition, 0)
-
-    async def _in_consumer_thread(self, method: str, *args):
-        """Call a method of Faust's aiokafka consumer in the thread that consumer lives in."""
-        thread = self.app.consumer._thread
-        return await thread.call_thread(getattr(thread._ensure_consumer(), method), *args)
-
-    async def _keep_in_order(self, continuity: InputContinuity) -> None:
-        """Seek partitions back to their holes, and clear Faust's record of gaps from a hole on, so
-        its commits wait for the re-read messages (`_gap`: Faust's internal)."""
-        for partition, (hole, seen) in continuity.to_check.items():
-            check = asyncio.ensure_future(self._check_hole(continuity, partition, hole, seen))
-            self.hole_checks.add(check)
-            check.add_done_callback(self.hole_checks.discard)
-        continuity.to_check.clear()
-        seeks = continuity.take_seeks(time.monotonic(), retry_after=1.0)
-        if not (seeks or continuity.resolved):
-            return
-        consumer, topic = self.app.consumer, continuity.topic
-        for partition in continuity.resolved:
-            consumer._gap[TP(topic, partition)].chop(continuity.expected[partition] - 1, sys.maxsize)
-        continuity.resolved.clear()
-        assigned = consumer.assignment()
-        for partition, hole in seeks.items():
-            tp = TP(topic, partition)
-            if tp not in assigned:  # a stale message of a partition revoked since: its owner re-reads it
-                continuity.forget(partition)
-                continue
-            consumer._gap[tp].chop(hole, sys.maxsize)
-            try:
-                # in the aiokafka consumer's own thread: its seek wakes that thread's fetch task, which a
-                # seek from this thread (Faust's Consumer.seek) can leave asleep; then what Faust's
-                # seek does besides, so its fetch loop takes the re-read messages
-                await self._in_consumer_thread("seek", tp, hole)
-                consumer._read_offset[tp] = hole or None
-            except Exception as exc:  # e.g. revoked meanwhile; an open hole is sought again later
-                log.warning("could not seek %s partition %d back to %d: %r", topic, partition, hole, exc)
-
-    async def _catch_stalled_partitions(self, idle_seconds: float = 2.0) -> None:
-        """With the agent idle, an input partition whose broker has records past the offset the agent
-        expects next is a hole with nothing after it, which no later message can reveal: seen when
-        Faust dropped a partition's whole backlog at a restart. It is checked and re-read as any hole
-        (once per highwater, so an idle partition ending in a transaction marker is looked up once)."""
-        if (time.monotonic() - self.last_step < idle_seconds or self.pending.events
-                or (self.in_flight is not None and not self.in_flight.done())):
-            return
-        order, consumer = self.actions_order, self.app.consumer
-        for tp in consumer.assignment():
-            partition = tp.partition
-            if tp.topic != order.topic or partition in order.rewinds or partition in order.to_seek:
-                continue
-            high = consumer.highwater(tp)
-            if not high or self.stall_checked.get(partition) == high:
-                continue
-            expected = order.expected.get(partition)
-            if expected is None:
-                expected = await self._where_partition_starts(tp)
-            if expected is None or expected >= high:
-                continue
-            self.stall_checked[partition] = high
-            order.suspect_hole(partition, expected, high)
-        await self._keep_in_order(order)
-
-    async def _check_hole(self, continuity: InputContinuity, partition: int, hole: int, seen: int) -> None:
-        """Look up a hole at the broker: where it has no records, pass the hole (and give Faust back its
-        gap, so its commits pass it too); where it has, the re-read under way fills the hole. Tried
-        again each second while the hole stays open and the broker cannot be asked."""
-        topic = continuity.topic
-        while continuity.expected.get(partition) == hole:
-            try:
-                first = await self.broker_lookup.first_offset(topic, partition, hole)
-            except Exception as exc:
-                log.warning("could not look up offset %d of %s partition %d: %r", hole, topic, partition, exc)
-                await asyncio.sleep(1.0)
-                continue
-            if first == hole:
-                self.offset_holes["reread"] += 1
-                log.error("%s partition %d: offsets %d..%d were not delivered to the agent; reading again "
-                          "from %d", topic, partition, hole, seen - 1, hole)
-            elif first is None:  # no record from the hole on (a trailing transaction marker): nothing to read
-                continuity.rewinds.pop(partition, None)
-                log.info("%s partition %d: the broker has no records from offset %d on (a transaction marker); "
-                         "waiting for more", topic, partition, hole)
-            elif continuity.pass_hole(partition, hole, first):
-                self.offset_holes["passed"] += 1
-                log.info("%s partition %d: the broker has no records at offsets %d..%d (transaction markers, "
-                         "or deleted by retention); going on from %d", topic, partition, hole, first - 1, first)
-                await self.app.consumer._add_gap(TP(topic, partition), hole, first - 1)
-            return
 
     def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
         """The CPU part of a step: every partition's messages through `process_batch`, the results
@@ -687,7 +342,7 @@ class Pipeline:
         for partition, messages in by_partition.items():  # every partition with a message in this step
             self.last_input[partition] = step_time
             self.reported_idle.discard(partition)
-            state = batch.states[partition] = self.state_for(partition)
+            state = batch.states[partition] = self.ownership.state_for(partition)
             result = process_batch(messages, state, self.stages, self.profile_index())
             batch.add_rows(result.columns)
             batch.letters.extend(result.dead_letters)
@@ -754,7 +409,7 @@ class Pipeline:
         order = self.profiles_order
         await self.track_output_topics()
         async for events in stream.take_events(1000, within=0.5):
-            await self._learn_where_partitions_start(order, {event.message.partition for event in events})
+            await self.guard.learn_where_partitions_start(order, {event.message.partition for event in events})
             rows, sends = [], []
             for event in events:
                 if not admit_in_order(order, event.message):
@@ -785,65 +440,26 @@ class Pipeline:
             for index, why in refused:  # the join has it still; only the analysts' copy lacks it
                 log.error("ClickHouse refused the profile of %s: %s", rows[index]["user"], why)
             await asyncio.gather(*sends)
-            await self._keep_in_order(order)
+            await self.guard.keep_in_order(order)
+
 
     async def totals_agent(self, stream) -> None:
-        """Sums the partitions' counts into exact totals (the partials topic has one partition, so
-        one worker owns every total and the alert rules see them all)."""
+        """Sums the partitions' counts into exact totals (`Totals`)."""
         order = self.partials_order
         await self.track_output_topics()
         async for event in stream.events():
-            # partials apply idempotently (each count is a partition's latest): a re-read is harmless
-            await self._learn_where_partitions_start(order, {event.message.partition})
+            await self.guard.learn_where_partitions_start(order, {event.message.partition})
             taken = admit_in_order(order, event.message)
-            await self._keep_in_order(order)
-            if not taken:
-                continue
-            partial = json.loads(event.value)
-            progress = partial["partitions"]  # JSON keys: partition numbers as strings
-            sends = []
-            for partition, info in progress.items():
-                if info.get("idle"):
-                    self.stream_clock.mark_idle(partition)
-                    continue
-                self.stream_clock.advance(partition, info["watermark_ms"])
-                for app, ms in info["newest_event_ms"].items():
-                    self.newest_event_ms[app] = max(ms, self.newest_event_ms.get(app, 0))
-            now_ms = max((p["watermark_ms"] for p in progress.values() if not p.get("idle")), default=0)
-            for partition, metric, app, day, count in partial["counts"]:
-                partition = str(partition)
-                key = f"{metric}|{app}|{day_iso(day)}"
-                entry = self.metric_totals.get(key) or {"parts": {}, "value": 0, "version": 0}
-                if not merge_partition_count(entry["parts"], partition, count):
-                    continue
-                total = entry["value"] = sum(entry["parts"].values())
-                entry["version"] += 1
-                entry["correction"] = day < progress[partition]["watermark_day"]
-                entry["updated_ms"] = now_ms
-                sends.append(table_set(self.metric_totals, event.message.partition, key, entry))
-                self.pending_metrics[key] = entry
-                self.pending_alerts.extend(self.alerts.on_metric(metric, app, day_iso(day), total, now_ms))
-            stream_now = self.stream_clock.now_ms()
-            if stream_now is not None:
-                for app, ms in self.newest_event_ms.items():
-                    self.pending_alerts.extend(self.alerts.on_event_time(app, min(ms, stream_now)))
-            await asyncio.gather(*sends)
+            await self.guard.keep_in_order(order)
+            if taken:
+                await asyncio.gather(*self.totals.apply(json.loads(event.value), event.message.partition))
 
     async def flush_metrics(self) -> None:
         """At most one MetricUpdate per key per interval: the latest value wins."""
         if self.stopped:
             return
         await self.track_output_topics()
-        pending, self.pending_metrics = self.pending_metrics, {}
-        for key, entry in pending.items():
-            metric, app, day = key.split("|")
-            update = MetricUpdate(metric=metric, app=app, day=day, value=entry["value"], version=entry["version"],
-                                  updated_epoch_ms=entry.get("updated_ms", 0), correction=entry.get("correction", False))
-            await self.metrics_topic.send(key=key.encode(), value=update.SerializeToString())
-        self.metrics_emitted += len(pending)
-        alerts, self.pending_alerts = self.pending_alerts, []
-        for alert in alerts:
-            await self.alerts_topic.send(key=f"{alert.rule}|{alert.app}".encode(), value=alert.SerializeToString())
+        await self.totals.publish(self.metrics_topic, self.alerts_topic)
 
     # ---- views for the web endpoint ---------------------------------------------------------
     def owns_totals(self) -> bool:
@@ -852,15 +468,7 @@ class Pipeline:
 
     def current_totals(self, metric: str | None = None, app: str | None = None) -> list[dict]:
         """The exact totals, from the worker that owns them; [] on the others (their copy may be stale)."""
-        if not self.owns_totals():
-            return []
-        rows = []
-        for key, entry in list(self.metric_totals.data.items()):
-            m, a, day = key.split("|")
-            if (metric and m != metric) or (app and a != app):
-                continue
-            rows.append({"metric": m, "app": a, "day": day, "value": entry["value"], "version": entry["version"]})
-        return sorted(rows, key=lambda r: (r["metric"], r["app"], r["day"]))
+        return self.totals.current(metric, app) if self.owns_totals() else []
 
 
 def create_app(settings: Settings) -> Pipeline:
