@@ -1,0 +1,59 @@
+"""The Faust and aiokafka internals the offset guarantees rely on (streams/runtime/kafka_internals.py),
+each checked by name on the real objects of the pinned versions: an upgrade that removes or reshapes
+one fails here, not as a silent loss of an offset guarantee."""
+from __future__ import annotations
+
+import inspect
+
+import aiokafka.client
+import faust
+import pytest
+from faust.types import TP, Message
+
+from streams.runtime import kafka_internals
+
+
+@pytest.fixture(scope="module")
+def app():
+    return faust.App("internals-check", broker="kafka://127.0.0.1:9", store="memory://")  # never started
+
+
+@pytest.mark.parametrize("name", kafka_internals.FAUST_CONSUMER_INTERNALS)
+def test_faust_consumer_has(app, name):
+    assert hasattr(app.consumer, name), f"faust Consumer.{name} is gone"
+
+
+def test_faust_consumer_gaps_are_interval_trees_by_partition(app):
+    gaps = app.consumer._gap[TP("t", 0)]
+    assert callable(getattr(gaps, "chop", None)), "faust Consumer._gap[tp] no longer has chop()"
+    assert isinstance(app.consumer._read_offset, dict)
+    assert list(inspect.signature(app.consumer._add_gap).parameters) == ["tp", "offset_from", "offset_to"]
+
+
+@pytest.mark.parametrize("name", kafka_internals.FAUST_THREAD_INTERNALS)
+def test_faust_consumer_thread_has(app, name):
+    assert hasattr(app.consumer._thread, name), f"faust's aiokafka consumer thread lost {name}"
+
+
+@pytest.mark.parametrize("name", kafka_internals.FAUST_PRODUCER_INTERNALS)
+def test_faust_producer_has(app, name):
+    assert hasattr(app.producer, name), f"faust Producer.{name} is gone"
+
+
+@pytest.mark.parametrize("name", kafka_internals.FAUST_TABLE_INTERNALS)
+def test_faust_table_has(app, name):
+    assert hasattr(app.Table(f"t-{name}", key_type=str), name), f"faust Table.{name} is gone"
+
+
+def test_send_changelog_takes_an_explicit_partition(app):
+    params = list(inspect.signature(app.Table("t-sig", key_type=str).send_changelog).parameters)
+    assert params[:3] == ["partition", "key", "value"]
+
+
+def test_a_message_can_be_marked_acked():
+    assert "acked" in Message.__slots__
+
+
+@pytest.mark.parametrize("name", ["add_topic", "force_metadata_update"])
+def test_aiokafka_client_has(name):
+    assert callable(getattr(aiokafka.client.AIOKafkaClient, name, None)), f"AIOKafkaClient.{name} is gone"
