@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.contract import UserAction
+from streams.contract import UserAction, partition_for_user
 from streams.producer.generator import APPS, generate_actions, generate_profiles, ground_truth, partition_key
 from streams.producer.publish import parse_lines
 
@@ -177,9 +177,10 @@ def test_generate_publishes_profiles_and_actions(bootstrap, new_topic, tmp_path)
 
     records = asyncio.run(read_all(actions_topic, 300))
     received = [UserAction.FromString(r.value) for r in records]
-    # keyed by the id the pipeline stores and partitions by: the pseudonym, never the email
+    # keyed by the user id as sent, which the pipeline partitions by: each in its user's partition
     key = partition_key()
-    assert all(r.key == key(a.user) and b"@" not in r.key for r, a in zip(records, received))
+    assert all(r.key == key(a.user) and r.partition == partition_for_user(a.user, 4)
+               for r, a in zip(records, received))
     truth = json.loads(truth_file.read_text())["apps"]
     assert ground_truth(received)["*"]["daily_users"] == truth["*"]["daily_users"]
     assert len({a.event_id for a in received}) == 300

@@ -19,11 +19,11 @@ STAGES = Stages(Limits(), load_mapping(), SCRUBBER, PARTITIONS)
 
 
 def users_in(partition: int, count: int) -> list[str]:
-    """User ids whose stored id lands in `partition`."""
+    """User ids that land in `partition` (keyed as sent, as Kafka's default partitioner does)."""
     found, i = [], 0
     while len(found) < count:
         user = f"user-{i}"
-        if partition_for_user(SCRUBBER.scrub_user(user), PARTITIONS) == partition:
+        if partition_for_user(user, PARTITIONS) == partition:
             found.append(user)
         i += 1
     return found
@@ -57,8 +57,8 @@ def test_every_message_ends_in_exactly_one_outcome():
     assert counts.consumed == len(messages)
     assert counts.dead_letters_by_reason == {"undecodable": 1, "invalid_json": 1}
     assert [r["event_id"] for r in result.rows] == ["e1", "e2"]
-    key, value, target = result.reroutes[0]
-    assert (key, target) == (SCRUBBER.scrub_user(elsewhere).encode(), 1) and value == messages[5]
+    key, value, target, headers = result.reroutes[0]
+    assert (key, target, value) == (elsewhere.encode(), 1, messages[5])
 
 
 def test_dead_letters_never_carry_the_secret():
@@ -72,7 +72,7 @@ def test_dead_letters_never_carry_the_secret():
 def test_rows_are_enriched_scrubbed_and_counted():
     (ann,) = users_in(0, 1)
     email_user = next(u for u in (f"p{i}@example.com" for i in range(500))
-                      if partition_for_user(SCRUBBER.scrub_user(u), PARTITIONS) == 0)
+                      if partition_for_user(u, PARTITIONS) == 0)
     result, state = run([action("e1", ann, NOW - 1000), action("e2", email_user, NOW - 500)])
     first, second = result.rows
     assert (first["event_name"], first["resource_key"], first["result_index"], first["source"], first["target_type"]) \
@@ -91,12 +91,31 @@ def test_a_user_gaining_no_new_day_writes_no_state():
     assert state.activity.take_changed_buckets() == {} and again.metric_counts == {}
 
 
-@pytest.mark.parametrize("start,reason", [(NOW - 2 * DAY_MS, None), (NOW - 4 * DAY_MS, "too_late")])
-def test_lateness_is_judged_against_the_partitions_own_progress(start, reason):
+@pytest.mark.parametrize("start,late,historical", [(NOW, 0, 0), (NOW - 2 * DAY_MS, 1, 0), (NOW - 4 * DAY_MS, 0, 1),
+                                                  (NOW - 90 * DAY_MS, 0, 1)])
+def test_lateness_says_how_an_event_is_counted_never_whether_it_is_kept(start, late, historical):
+    """Judged against the partition's own progress: late within the allowed lateness, historical
+    beyond it (the live state leaves its closed windows to a recount from the store)."""
     (ann,) = users_in(0, 1)
     _, state = run([action("e1", ann, NOW)])
     result, _ = run([action("late", ann, start)], state)
-    assert (result.dead_letters[0].reason if result.dead_letters else None) == reason
+    assert result.dead_letters == [] and [r["event_id"] for r in result.rows] == ["late"]
+    assert (result.counts.delivered, result.counts.late, result.counts.historical) == (1, late, historical)
+    assert bool(result.corrections) == bool(historical)
+
+
+def test_a_rerouted_copy_keeps_the_verdict_of_its_first_reading():
+    (ann,) = users_in(0, 1)
+    (bob,) = users_in(1, 1)
+    _, state = run([action("e1", ann, NOW)])
+    first, _ = run([action("bob-old", bob, NOW - 10 * DAY_MS)], state)  # read in ann's partition: historical
+    key, value, target, headers = first.reroutes[0]
+    assert (key, target, headers) == (bob.encode(), 1, [("tally-verdict", b"historical")])
+    fresh = PartitionState(PartitionActivity(lateness_days=3))  # bob's own partition, nothing read yet
+    from streams.stages.flow import unpack
+    items, _ = unpack(value, headers, Source("user-actions", 1, 0), STAGES, NOW)
+    result = process_batch(items, fresh, STAGES, {}, now_ms=NOW)
+    assert (result.counts.delivered, result.counts.historical) == (1, 1)
 
 
 def test_the_same_input_gives_the_same_output():
@@ -127,16 +146,16 @@ def test_envelopes_unpack_into_their_actions_and_a_bad_one_is_one_dead_letter():
     assert [r["event_id"] for r in result.rows] == ["x1"]
 
 
-def test_events_read_again_after_the_stream_moved_on_are_duplicates_not_too_late():
+def test_events_read_again_after_the_stream_moved_on_are_duplicates_and_new_old_ones_are_kept():
     """A re-read (after a rebalance, or of a hole Faust skipped) can come days of event time after
     its first reading: each copy is a duplicate, and the one stored row is all there is of it."""
     (ann,) = users_in(0, 1)
     old = [action(f"e{i}", ann, NOW - 10 * DAY_MS + i) for i in range(3)]
     result, state = run(old + [action("e9", ann, NOW)])
     assert (result.counts.delivered, result.counts.dead_lettered) == (4, 0)
-    again, _ = run(old + [action("e10", ann, NOW - 10 * DAY_MS)], state)  # e10 is new, and too late
-    assert (again.counts.duplicates, again.counts.delivered) == (3, 0)
-    assert [(letter.event_id, letter.reason) for letter in again.dead_letters] == [("e10", "too_late")]
+    again, _ = run(old + [action("e10", ann, NOW - 10 * DAY_MS)], state)  # e10 is new, and historical
+    assert (again.counts.duplicates, again.counts.delivered, again.counts.historical) == (3, 1, 1)
+    assert again.dead_letters == [] and [r["event_id"] for r in again.rows] == ["e10"]
 
 
 def test_recent_ids_remember_a_bounded_window():

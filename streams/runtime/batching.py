@@ -28,7 +28,8 @@ class PendingBatch:
     columns: dict[str, list] = field(default_factory=dict)   # the rows for user_actions, column by column
     row_count: int = 0
     letters: list[DeadLetter] = field(default_factory=list)
-    reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    reroutes: list[tuple[bytes, bytes, int, list]] = field(default_factory=list)
+    corrections: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # partition -> (app, day) to recount
     states: dict[int, PartitionState] = field(default_factory=dict)  # whose changes to persist
     metric_counts: dict[tuple, int] = field(default_factory=dict)    # (partition, metric, app, day) -> latest
     progress: dict[int, dict] = field(default_factory=dict)          # partition -> watermark etc., latest

@@ -30,6 +30,7 @@ def _stats(pipeline) -> dict:
     return {
         "consumed": counts.consumed, "delivered": counts.delivered, "dead_lettered": counts.dead_lettered,
         "duplicates": counts.duplicates, "rerouted": counts.rerouted,
+        "late": counts.late, "historical": counts.historical,  # of the delivered: behind their partition
         "dead_letters_by_reason": dict(counts.dead_letters_by_reason),
         "stages": {"events": stages.events, "cpu_seconds": round(stages.cpu_seconds, 3),
                    "seconds": round(stages.seconds, 3)},
@@ -53,6 +54,8 @@ def prometheus_text(stats: dict) -> str:
 
     for stage in ("consumed", "delivered", "dead_lettered", "duplicates", "rerouted"):
         metric(f"events_{stage}_total", "counter", f"events {stage.replace('_', ' ')}", [("", stats[stage])])
+    metric("events_delivered_late_total", "counter", "events delivered behind their partition's newest, by how far",
+           [('{lateness="late"}', stats["late"]), ('{lateness="historical"}', stats["historical"])])
     metric("dead_letters_total", "counter", "dead letters by reason",
            [(f'{{reason="{r}"}}', n) for r, n in sorted(stats["dead_letters_by_reason"].items())])
     stages = stats["stages"]

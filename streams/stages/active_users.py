@@ -44,6 +44,10 @@ def day_iso(ordinal: int) -> str:
     return dt.date.fromordinal(ordinal).isoformat()
 
 
+def day_ordinal_of(iso_day: str) -> int:
+    return dt.date.fromisoformat(iso_day).toordinal()
+
+
 def window_end(key: MetricKey) -> int:
     """The last day a metric key's window covers (a calendar week's key is its Monday)."""
     metric, _, day = key
@@ -67,26 +71,32 @@ class PartitionActivity:
         self.watermark_day = 0
         self.buckets: dict[int, set[tuple[str, str]]] = {}  # bucket -> its (app, user) keys
         self.changed_buckets: set[int] = set()
+        self.historical: set[tuple[str, int]] = set()  # (app, day) of days added behind the live horizon
         # days a user's activity must be kept: the longest window plus the allowed lateness
         self.retention_days = max(WINDOWS.values()) + lateness_days
 
     def _count(self, days: list[int], index: int, app: str) -> None:
-        """Count days[index] in every window it newly makes the user active in.
+        """Count days[index] in every open window it newly makes the user active in.
 
         With p and n the user's previous and next active days, a window [E-W+1, E] gains the user
-        exactly when it holds the new day but neither p nor n: E in [max(d, p+W), min(d+W-1, n-1)]."""
+        exactly when it holds the new day but neither p nor n: E in [max(d, p+W), min(d+W-1, n-1)].
+        Windows that ended before the live horizon are closed: a day that falls into one (a
+        historical event) is left to the store to count, through `take_corrections`."""
         day = days[index]
         previous = days[index - 1] if index > 0 else -10**9
         following = days[index + 1] if index + 1 < len(days) else 10**9
+        horizon = self.watermark_day - self.lateness_days
         counts, dirty = self.counts, self.dirty
         get = counts.get
+        if day < horizon:
+            self.historical.add((app, day))
         for metric, width in _WINDOW_WIDTHS:
-            for end in range(max(day, previous + width), min(day + width - 1, following - 1) + 1):
+            for end in range(max(day, previous + width, horizon), min(day + width - 1, following - 1) + 1):
                 key = (metric, app, end)
                 counts[key] = get(key, 0) + 1
                 dirty.add(key)
         monday = day - (day - 1) % 7  # day ordinal 1 (0001-01-01) was a Monday
-        if previous < monday and following > monday + 6:
+        if previous < monday and following > monday + 6 and monday + 6 >= horizon:
             key = (CALENDAR_WAU, app, monday)
             counts[key] = get(key, 0) + 1
             dirty.add(key)
@@ -96,6 +106,9 @@ class PartitionActivity:
         when nothing changed (the common case: already active that day)."""
         days = self.user_days.get((app, user))
         if days is not None and days[-1] == day:  # the commonest case of all: another event today
+            return None
+        if day < self.watermark_day - self.retention_days:  # older than any open window: the store counts it
+            self.historical.add((app, day))
             return None
         bucket = user_bucket(user)
         if days is None:
@@ -173,11 +186,32 @@ class PartitionActivity:
         self.changed_buckets.clear()
         return changed
 
+    def take_corrections(self) -> set[tuple[str, int]]:
+        """The (app, day) pairs added behind the live horizon since the last call: the windows they
+        fall into are closed here, and are counted again from the store."""
+        historical, self.historical = self.historical, set()
+        return historical
+
     def take_dirty(self) -> dict[MetricKey, int]:
         """The counts changed since the last call."""
         changed = {key: self.counts.get(key, 0) for key in self.dirty}
         self.dirty.clear()
         return changed
+
+
+def closed_windows(app_days: Iterable[tuple[str, int]], horizon: int, current_day: int) -> set[MetricKey]:
+    """Every metric key whose window holds one of `app_days` but ended before `horizon` (and has
+    happened: not after `current_day`): what a store correction recounts for a partition."""
+    keys: set[MetricKey] = set()
+    last_closed = min(horizon - 1, current_day)
+    for app, day in app_days:
+        for metric, width in _WINDOW_WIDTHS:
+            for end in range(day, min(day + width - 1, last_closed) + 1):
+                keys.add((metric, app, end))
+        monday = day - (day - 1) % 7
+        if monday + 6 < horizon and monday <= current_day:
+            keys.add((CALENDAR_WAU, app, monday))
+    return keys
 
 
 def merge_partition_count(parts: dict[str, int], partition: str, count: int) -> bool:

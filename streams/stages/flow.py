@@ -15,7 +15,8 @@ from streams.stages import enrich
 from streams.stages import validate
 from streams.stages.active_users import MetricKey, PartitionActivity, day_ordinal
 from streams.contract import DeadLetter, UserAction, is_envelope, partition_for_user
-from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Rejected, Source
+from streams.stages.outcome import HISTORICAL, LATE, ON_TIME, REFUSED_BY_STORE, VERDICT_HEADER, BatchCounts, Rejected, Source
+from streams.stages.scrub import is_pseudonym
 from streams.stages.validate import Limits
 
 # Duplicates from producer retries arrive close together; older ones are still harmless (rows
@@ -60,8 +61,9 @@ class PartitionState:
 class BatchResult:
     columns: enrich.Columns = field(default_factory=dict)  # the rows for `user_actions`, column by column
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
+    reroutes: list[tuple[bytes, bytes, int, list]] = field(default_factory=list)  # (key, value, partition, headers)
     metric_counts: dict[MetricKey, int] = field(default_factory=dict)          # this partition's changed counts
+    corrections: set[tuple[str, int]] = field(default_factory=set)  # (app, day) the store must count again
     newest_event_ms: dict[str, int] = field(default_factory=dict)              # per app
     counts: BatchCounts = field(default_factory=BatchCounts)
 
@@ -74,12 +76,23 @@ def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_m
            ) -> tuple[list[tuple[bytes | UserAction | None, Source]], DeadLetter | None]:
     """One Kafka message as the items `process_batch` takes: itself, or the actions of its envelope.
     An unreadable envelope becomes one dead letter."""
+    verdict = carried_verdict(headers)
+    if verdict:
+        source = source._replace(verdict=verdict)
     if not is_envelope(headers):
         return [(value, source)], None
     try:
         return [(action, source) for action in validate.unpack_envelope(value, stages.limits)], None
     except Rejected as rejected:
         return [], dead_letter(rejected, value, source, None, stages.scrubber, now_ms)
+
+
+def carried_verdict(headers) -> str:
+    """The lateness verdict a re-routed copy carries from the partition that first read it."""
+    for key, value in headers or ():
+        if key == VERDICT_HEADER:
+            return bytes(value).decode()
+    return ""
 
 
 @dataclass(frozen=True)
@@ -91,12 +104,18 @@ class Stages:
     partitions: int
     _routes: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def route(self, user: str) -> tuple[str, int]:
-        """(stored user id, the input partition it belongs to) for a user id as sent; cached."""
+    def route(self, user: str) -> tuple[str, int | None]:
+        """(stored user id, the input partition it belongs to) for a user id as sent; cached.
+
+        A user's partition is the one Kafka's default partitioner gives the id as sent (what a
+        producer following the README keys by), so such a producer's events need no hop; the
+        pseudonym is made after. An id that is a pseudonym already (the SDK with the HMAC key, a
+        replayed dead letter) belongs where it arrives (None): whoever made it sent it to the
+        partition of the person's own id."""
         found = self._routes.get(user)
         if found is None:
             stored = self.scrubber.scrub_user(user)
-            found = (stored, partition_for_user(stored, self.partitions))
+            found = (stored, None if is_pseudonym(user) else partition_for_user(user, self.partitions))
             if len(self._routes) >= ROUTES_CACHED:
                 self._routes.clear()
             self._routes[user] = found
@@ -104,7 +123,7 @@ class Stages:
 
 
 def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Source, action: UserAction | None,
-                scrubber, now_ms: int) -> DeadLetter:
+                scrubber, now_ms: int, partitions: int = 0) -> DeadLetter:
     """A dead letter that carries the scrubbed message, or only its size and hash when unparseable."""
     raw = raw.SerializeToString() if isinstance(raw, UserAction) else raw or b""
     letter = DeadLetter(reason=rejected.reason, detail=rejected.detail[:2000], source_topic=source.topic,
@@ -112,6 +131,9 @@ def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Sour
                         received_epoch_ms=now_ms, payload_size=len(raw),
                         payload_sha256=hashlib.sha256(raw).hexdigest())
     if action is not None:
+        if action.user:  # where the user's events are, for a replay of this scrubbed copy
+            letter.user_partition = (partition_for_user(action.user, partitions)
+                                     if partitions and not is_pseudonym(action.user) else source.partition)
         letter.scrubbed_fields.extend(scrubber.scrub_action(action))
         letter.scrubbed_payload = action.SerializeToString()
         letter.event_id, letter.app, letter.user = action.event_id[:256], action.app[:256], action.user[:256]
@@ -127,7 +149,7 @@ def refused_row_letter(row: dict, detail: str, topic: str, now_ms: int) -> DeadL
                       received_epoch_ms=now_ms, payload_size=len(payload),
                       payload_sha256=hashlib.sha256(payload).hexdigest(), scrubbed_payload=payload,
                       event_id=row["event_id"][:256], app=row["app"][:256], user=row["user"][:256],
-                      scrubbed_fields=row["scrubbed_fields"])
+                      scrubbed_fields=row["scrubbed_fields"], user_partition=row["kafka_partition"])
 
 
 def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
@@ -171,7 +193,7 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
         try:
             decoded.append((validate.decode(raw, limits), raw, source))
         except Rejected as rejected:
-            result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms))
+            result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms, stages.partitions))
             counts.count_dead_letter(rejected.reason)
     # serialized sizes, or the size of the envelope an action came in when that is small enough
     sizes = [len(raw) if raw is not action else
@@ -190,27 +212,35 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
             itertools.count(), decoded, fields["start_epoch_ms"], fields["user"], fields["event_id"],
             fields["keyword_args_json"], fields["pos_args_json"]):
         # A copy of an event taken already (a producer retry, or a re-read after a rebalance or a
-        # hole) is a duplicate before anything else: judged again, it could be too late by now.
+        # hole) is a duplicate before anything else.
         if event_id in recent:
             counts.duplicates += 1
             continue
         try:
-            if index in suspects or (watermark and start < watermark - lateness):
-                validate.check(action, limits, watermark, now_ms, sizes[index])
+            if index in suspects:
+                validate.check(action, limits, now_ms, sizes[index])
             kwargs = validate.parse_json(kwargs_text, "keyword_args_json", dict)
             pos_args = validate.parse_json(pos_args_text, "pos_args_json", list)
         except Rejected as rejected:
-            result.dead_letters.append(dead_letter(rejected, raw, source, action, scrubber, now_ms))
+            result.dead_letters.append(dead_letter(rejected, raw, source, action, scrubber, now_ms, stages.partitions))
             counts.count_dead_letter(rejected.reason)
             continue
-        # Counts are summed over partitions, so a user must live in exactly one of them: the one
-        # its *stored* id hashes to (a replayed dead letter carries the pseudonym, not the email).
+        # Lateness never decides whether an event is kept, only how it is counted: on time, late
+        # (behind the partition's newest event, within the allowed lateness: the live state takes
+        # it), or historical (further behind: stored, and its days recounted from the store). A
+        # re-routed copy keeps the verdict of the partition that first read it.
+        verdict = source.verdict or (ON_TIME if not watermark or start >= watermark else
+                                     LATE if start >= watermark - lateness else HISTORICAL)
+        # Counts are summed over partitions, so a user must live in exactly one of them.
         stored_user, expected_partition = route(user)
-        if source.partition != expected_partition:
+        if expected_partition is not None and source.partition != expected_partition:
             value = action.SerializeToString() if raw is action else raw
-            result.reroutes.append((stored_user.encode(), value, expected_partition))
+            result.reroutes.append((user.encode("utf-8", "surrogatepass"), value, expected_partition,
+                                    [(VERDICT_HEADER, verdict.encode())]))
             counts.rerouted += 1
             continue
+        if verdict != ON_TIME:
+            counts.count_lateness(verdict)
         remember(event_id)
         kept.append(index)
         kwargs_list.append(kwargs)
@@ -238,6 +268,7 @@ def count_activity(columns: enrich.Columns, state: PartitionState, limits: Limit
     activity = state.activity
     activity.add_batch(apps, columns["user"], list(map(day_ordinal, starts)))
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
+    result.corrections = activity.take_corrections()
     if state.watermark_ms and day_ordinal(state.watermark_ms) > activity.watermark_day:
         enrich.close_sessions(state.open_sessions, state.watermark_ms - limits.allowed_lateness_ms - enrich.SESSION_GAP_MS)
         activity.advance(day_ordinal(state.watermark_ms))

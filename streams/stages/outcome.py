@@ -17,12 +17,19 @@ INVALID_UTF8 = "invalid_utf8"
 INVALID_JSON = "invalid_json"
 END_BEFORE_START = "end_before_start"
 FUTURE_TIMESTAMP = "future_timestamp"
-TOO_LATE = "too_late"
+TOO_LATE = "too_late"  # no longer given (every valid event is kept, however late); kept for stored letters
 IMPLAUSIBLE_TIMESTAMP = "implausible_timestamp"
 REFUSED_BY_STORE = "refused_by_store"  # valid, but ClickHouse would not take its row (a constraint, a type)
 
 REASONS = (UNDECODABLE, OVERSIZED, UNSUPPORTED_SCHEMA, MISSING_FIELD, INVALID_FIELD, INVALID_UTF8,
            INVALID_JSON, END_BEFORE_START, FUTURE_TIMESTAMP, TOO_LATE, IMPLAUSIBLE_TIMESTAMP, REFUSED_BY_STORE)
+
+
+# How late a kept event came, judged against its partition's newest event time.
+ON_TIME = "on_time"
+LATE = "late"              # behind it, within the allowed lateness: the live state takes it as is
+HISTORICAL = "historical"  # further behind (a backfill): stored, its days recounted from the store
+VERDICT_HEADER = "tally-verdict"  # on a re-routed copy: the verdict of the partition that first read it
 
 
 class Rejected(Exception):
@@ -40,6 +47,7 @@ class Source(NamedTuple):
     partition: int
     offset: int
     size: int = 0  # bytes of the Kafka message (an envelope's, for an action unpacked from one); 0: unknown
+    verdict: str = ""  # the lateness verdict a re-routed copy carries
 
 
 @dataclass
@@ -50,6 +58,14 @@ class BatchCounts:
     duplicates: int = 0
     rerouted: int = 0  # keyed to the wrong partition; re-sent keyed by user
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    late: int = 0        # of the delivered: LATE and HISTORICAL ones
+    historical: int = 0
+
+    def count_lateness(self, verdict: str) -> None:
+        if verdict == LATE:
+            self.late += 1
+        elif verdict == HISTORICAL:
+            self.historical += 1
 
     def count_dead_letter(self, reason: str) -> None:
         self.dead_lettered += 1
@@ -64,5 +80,7 @@ class BatchCounts:
         self.dead_lettered += other.dead_lettered
         self.duplicates += other.duplicates
         self.rerouted += other.rerouted
+        self.late += other.late
+        self.historical += other.historical
         for reason, n in other.dead_letters_by_reason.items():
             self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + n

@@ -1,8 +1,8 @@
 """Validate: raw Kafka bytes in, a decoded `UserAction` out, or `Rejected` with a reason.
 
-Time checks use event time: lateness against the partition's own watermark (the newest event
-time it has seen), so a replayed backfill is judged exactly as it was live. The wall clock only
-bounds the future: no real event is stamped after "now".
+Lateness is no reason to refuse an event: a backfill of months is kept like live traffic (the
+stages count it, `flow.admit`). The wall clock only bounds the future: no real event is stamped
+after "now".
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch
 from streams.stages.outcome import (END_BEFORE_START, FUTURE_TIMESTAMP, IMPLAUSIBLE_TIMESTAMP, INVALID_FIELD, INVALID_JSON,
-                      INVALID_UTF8, MISSING_FIELD, OVERSIZED, TOO_LATE, UNDECODABLE, UNSUPPORTED_SCHEMA,
+                      INVALID_UTF8, MISSING_FIELD, OVERSIZED, UNDECODABLE, UNSUPPORTED_SCHEMA,
                       Rejected)
 
 DAY_MS = 86_400_000
@@ -77,7 +77,7 @@ _TEXT_FIELDS = ("pos_args_json", "keyword_args_json", "output", "error", "label"
                 "target_id", "host_name", "session_id")
 
 
-def check(action: UserAction, limits: Limits, watermark_ms: int, now_ms: int, size: int | None = None) -> None:
+def check(action: UserAction, limits: Limits, now_ms: int, size: int | None = None) -> None:
     """Raise `Rejected` if the decoded action breaks the contract. `size` is its serialized size when
     known (the bytes it was parsed from)."""
     version = action.schema_version
@@ -108,9 +108,6 @@ def check(action: UserAction, limits: Limits, watermark_ms: int, now_ms: int, si
         raise Rejected(INVALID_FIELD, f"duration {end - start} ms is over {limits.max_duration_ms} ms")
     if start > now_ms + limits.max_future_ms:
         raise Rejected(FUTURE_TIMESTAMP, f"start_epoch_ms {start} is {start - now_ms} ms ahead of the clock")
-    if watermark_ms and start < watermark_ms - limits.allowed_lateness_ms:
-        raise Rejected(TOO_LATE, f"event is {(watermark_ms - start) // 1000} s behind the stream, "
-                                 f"allowed lateness {limits.allowed_lateness_ms // 1000} s")
 
 
 def parse_json_field(action: UserAction, name: str, expected: type):
@@ -165,7 +162,7 @@ def read_fields(actions: list[UserAction]) -> dict[str, list]:
 
 
 def suspects(fields: dict[str, list], sizes: list[int], limits: Limits, now_ms: int) -> set[int]:
-    """The rows of a batch that may break a rule other than lateness: `check` must judge each of them;
+    """The rows of a batch that may break a rule: `check` must judge each of them;
     every other row is known to pass those rules. `sizes` are the rows' serialized sizes (or an upper
     bound). Column-wide tests first (in C); a column that fails one makes every row a suspect."""
     n = len(sizes)

@@ -199,6 +199,36 @@ class ClickHouseWriter:
         return sessions
 
 
+    def partition_counts(self, partition: int, keys: set[tuple[str, str, int]]) -> dict[tuple[str, str, int], int]:
+        """Exact distinct users of one input partition's stored rows for each (metric, app or "*",
+        day ordinal the window ends on / week's Monday): the live state's counts, recounted."""
+        ends = [(metric, app, day - EPOCH_ORDINAL) for metric, app, day in keys]
+        low = min(day for _, _, day in ends) - 27
+        high = max(day + (6 if metric == "calendar_wau" else 0) for metric, _, day in ends)
+        with self.lock:
+            rows = self.client.query(PARTITION_COUNTS_SQL, parameters={
+                "partition": partition, "low": max(low, 0), "high": high, "keys": ends}).result_rows
+        return {(metric, app, int(day) + EPOCH_ORDINAL): int(users) for metric, app, day, users in rows}
+
+
+EPOCH_ORDINAL = 719_163  # datetime.date(1970, 1, 1).toordinal(): ClickHouse Dates count days from there
+
+# Each stored (app, user, day) of the partition, fanned out to every window it falls in, for the
+# all-apps scope too; only the windows asked for are counted.
+PARTITION_COUNTS_SQL = """
+SELECT window.1 AS metric, scope, end_day, uniqExact(user)
+FROM (
+    SELECT app, user, toUInt32(ds) AS d FROM user_actions
+    WHERE kafka_partition = {partition:UInt16} AND ds BETWEEN toDate({low:UInt32}) AND toDate({high:UInt32})
+    GROUP BY app, user, d
+)
+ARRAY JOIN [app, '*'] AS scope
+ARRAY JOIN [('dau', 1), ('wau', 7), ('mau', 28), ('calendar_wau', 0)] AS window
+ARRAY JOIN if(window.2 = 0, [toUInt32(toMonday(toDate(d)))], arrayMap(k -> d + k, range(window.2))) AS end_day
+WHERE (metric, scope, end_day) IN {keys:Array(Tuple(String, String, UInt32))}
+GROUP BY metric, scope, end_day
+"""
+
 OPEN_SESSIONS_SQL = """
 SELECT user, session_id, toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts))
 FROM user_actions

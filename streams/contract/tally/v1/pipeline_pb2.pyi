@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeadLetter(_message.Message):
-    __slots__ = ("reason", "detail", "source_topic", "source_partition", "source_offset", "received_epoch_ms", "scrubbed_payload", "payload_size", "payload_sha256", "event_id", "app", "user", "scrubbed_fields")
+    __slots__ = ("reason", "detail", "source_topic", "source_partition", "source_offset", "received_epoch_ms", "scrubbed_payload", "payload_size", "payload_sha256", "event_id", "app", "user", "scrubbed_fields", "user_partition")
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class DeadLetter(_message.Message):
     APP_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SCRUBBED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    USER_PARTITION_FIELD_NUMBER: _ClassVar[int]
     reason: str
     detail: str
     source_topic: str
@@ -34,7 +35,8 @@ class DeadLetter(_message.Message):
     app: str
     user: str
     scrubbed_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., received_epoch_ms: _Optional[int] = ..., scrubbed_payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., event_id: _Optional[str] = ..., app: _Optional[str] = ..., user: _Optional[str] = ..., scrubbed_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    user_partition: int
+    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., received_epoch_ms: _Optional[int] = ..., scrubbed_payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., payload_sha256: _Optional[str] = ..., event_id: _Optional[str] = ..., app: _Optional[str] = ..., user: _Optional[str] = ..., scrubbed_fields: _Optional[_Iterable[str]] = ..., user_partition: _Optional[int] = ...) -> None: ...
 
 class MetricUpdate(_message.Message):
     __slots__ = ("metric", "app", "day", "value", "version", "updated_epoch_ms", "correction")
