@@ -73,9 +73,11 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
 
 
 def expected_metrics(actions: list[UserAction]) -> dict[tuple[str, str, str], int]:
-    counts = exact_counts((a.app, a.user, dt.datetime.fromtimestamp(a.start_epoch_ms / 1000, dt.timezone.utc).date().toordinal())
-                          for a in actions)
-    return {(m, app, day_iso(day)): n for (m, app, day), n in counts.items()}
+    """Every metric value up to the stream's current day (its newest event's): none for days ahead."""
+    days = [dt.datetime.fromtimestamp(a.start_epoch_ms / 1000, dt.timezone.utc).date().toordinal() for a in actions]
+    counts = exact_counts((a.app, a.user, day) for a, day in zip(actions, days))
+    current = max(days, default=0)
+    return {(m, app, day_iso(day)): n for (m, app, day), n in counts.items() if day <= current}
 
 
 def _not_stored(worker, actions: list[UserAction]) -> str:
