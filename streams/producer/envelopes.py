@@ -7,14 +7,17 @@ from streams.contract import ENVELOPE_HEADER, partition_for_user
 
 
 def pack_envelopes(serialized: list[tuple[bytes, bytes, Any]], partitions: int, max_bytes: int,
-                   max_actions: int | None = None) -> list[tuple[bytes, bytes, int, list, list]]:
+                   max_actions: int | None = None, shard_users: list[str] | None = None
+                   ) -> list[tuple[bytes, bytes, int, list, list]]:
     """(key, UserAction bytes, item) per event -> (key, UserActionBatch bytes, partition, headers, items)
-    per Kafka message: each event goes to the partition its key (the user as sent) hashes to, as the
-    default partitioner would put it, in order, at most `max_bytes` (and `max_actions`) per envelope
-    (a bigger event goes alone). The consumer pays its per-message cost once per envelope."""
+    per Kafka message: each event goes to the partition its user id as the tool knows it
+    (`shard_users`, default the key) hashes to, as the default partitioner would put it, in order,
+    at most `max_bytes` (and `max_actions`) per envelope (a bigger event goes alone). The consumer
+    pays its per-message cost once per envelope."""
+    users = shard_users or [entry[0].decode("utf-8", "replace") for entry in serialized]
     by_partition: dict[int, list] = {}
-    for entry in serialized:
-        by_partition.setdefault(partition_for_user(entry[0].decode("utf-8", "replace"), partitions), []).append(entry)
+    for entry, user in zip(serialized, users):
+        by_partition.setdefault(partition_for_user(user, partitions), []).append(entry)
     messages = []
     for partition, entries in by_partition.items():
         chunk: list = []

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from streams.contract import SCHEMA_VERSION, UserAction, new_event_id
+from streams.contract import SCHEMA_VERSION, UserAction, new_event_id, partition_for_user
 from streams.producer.arguments import (AUTO, DEFAULT_TOPIC, DropPolicy, _short_str, bounded_json, error_text,
                                         property_values, redact_args, redact_secrets, secret_positions, to_json,
                                         truncate_utf8, valid_text)
@@ -293,14 +293,16 @@ class Tracker:
         for fields in batch:
             try:
                 action = self._build(fields)
-                user = action.user  # the key: the pipeline partitions by the id as the tool knows it
+                user = action.user  # the pipeline partitions by the id as the tool knows it
                 if self._scrubber is not None:
                     self._scrubber.scrub_action(action)
-                out.append((user.encode("utf-8", "replace"), action.SerializeToString(), fields))
+                # keyed by the user as sent on (a pseudonymised id must not travel in clear in the
+                # key), written to the partition of the id as the tool knows it
+                out.append((action.user.encode("utf-8", "replace"), action.SerializeToString(), fields, user))
             except Exception:
                 log.warning("tally tracker: event %s not sent: building or scrubbing failed", fields.get("event_id"),
                             exc_info=self._failed == 0)
-                out.append((b"", None, fields))
+                out.append((b"", None, fields, ""))
         return out
 
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -385,16 +387,19 @@ class Tracker:
     async def _send(self, producer, batch: list) -> None:
         from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
         serialized = []
-        for key, value, item in self._serialize(batch):
+        shard_users = []
+        for key, value, item, user in self._serialize(batch):
             if value is None:
                 self._failed += 1
             else:
                 serialized.append((key, value, item))
+                shard_users.append(user)
+        partitions = len(await producer.partitions_for(self.topic)) if serialized else 0
         if self.options.envelopes and serialized:
-            partitions = len(await producer.partitions_for(self.topic))
-            messages = pack_envelopes(serialized, partitions, self.options.max_envelope_bytes)
+            messages = pack_envelopes(serialized, partitions, self.options.max_envelope_bytes, shard_users=shard_users)
         else:
-            messages = [(key, value, None, None, [item]) for key, value, item in serialized]
+            messages = [(key, value, partition_for_user(user, partitions), None, [item])
+                        for (key, value, item), user in zip(serialized, shard_users)]
         sends = []
         for key, value, partition, headers, items in messages:
             try:
