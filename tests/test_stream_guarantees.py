@@ -107,23 +107,25 @@ def test_bad_good_and_duplicate_messages_all_add_up(pipeline_env):
         + [bad(event_id=f"e{i}", end_epoch_ms=last - 10) for i in range(3)]
         + [bad(event_id=f"j{i}", pos_args_json="[1, 2") for i in range(2)]
         + [bad(event_id=f"h{i}", output="x" * 300_000) for i in range(2)]
-        + [bad(event_id="late", start_epoch_ms=last - 5 * DAY_MS)]
     )
+    historical = bad(event_id="old", user="mallorz", start_epoch_ms=last - 5 * DAY_MS)  # valid however old: kept
     duplicates = good[-150:]
     values = [(a.user.encode(), a.SerializeToString()) for a in good]
     values += [(b"mallory", raw) for raw in bad_messages]
+    values += [(b"mallorz", historical)]
     values += [(a.user.encode(), a.SerializeToString()) for a in duplicates]
     asyncio.run(publish(pipeline_env.bootstrap, pipeline_env.topics.user_actions, values))
 
     worker = pipeline_env.worker().start()
     stats = worker.wait_consumed(len(values))
     assert stats["consumed"] == len(values)
-    assert (stats["delivered"], stats["dead_lettered"], stats["duplicates"]) == (2000, len(bad_messages), 150)
+    assert (stats["delivered"], stats["dead_lettered"], stats["duplicates"]) == (2001, len(bad_messages), 150)
     assert stats["dead_letters_by_reason"] == {
         "undecodable": 5, "unsupported_schema_version": 4, "future_timestamp": 3, "end_before_start": 3,
-        "invalid_json": 2, "oversized": 2, "too_late": 1}
+        "invalid_json": 2, "oversized": 2}
+    assert stats["historical"] >= 1  # five days behind its partition: kept, not refused
 
-    assert worker.query("SELECT count() FROM user_actions") == [[2000]]
+    assert worker.query("SELECT count() FROM user_actions") == [[2001]]
     reasons = dict(worker.query("SELECT reason, count() FROM dead_letters GROUP BY reason"))
     assert reasons == stats["dead_letters_by_reason"]
     stored = worker.query("SELECT * FROM dead_letters")
@@ -139,7 +141,7 @@ def test_bad_good_and_duplicate_messages_all_add_up(pipeline_env):
     assert len({(d.source_partition, d.source_offset) for d in decoded}) == len(bad_messages)
     # parsed ones carry their scrubbed payload; unparseable and oversized ones only size and hash
     assert {d.reason for d in decoded if d.scrubbed_payload} == {
-        "unsupported_schema_version", "future_timestamp", "end_before_start", "invalid_json", "too_late"}
+        "unsupported_schema_version", "future_timestamp", "end_before_start", "invalid_json"}
     worker.stop()
 
 
@@ -461,7 +463,7 @@ def test_replayed_slice_and_two_workers_count_each_user_once(pipeline_env):
     two.stop()
 
 
-def test_late_events_count_within_lateness_and_publish_corrections(pipeline_env):
+def test_late_and_historical_events_are_kept_counted_and_publish_corrections(pipeline_env):
     actions = make_actions(1500, seed=5, start=dt.date(2026, 6, 1), days=10, users=60)
     send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions)
     worker = pipeline_env.worker().start()
@@ -469,13 +471,13 @@ def test_late_events_count_within_lateness_and_publish_corrections(pipeline_env)
     last = max(a.start_epoch_ms for a in actions)
     newcomer_late = UserAction(event_id="late-ok", app="bi", user="latecomer", command="dashboard.viewed",
                                schema_version=1, start_epoch_ms=last - 2 * DAY_MS)
-    too_late = UserAction(event_id="late-no", app="bi", user="latecomer2", command="dashboard.viewed",
-                          schema_version=1, start_epoch_ms=last - 4 * DAY_MS)
-    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, [newcomer_late, too_late])
+    historical = UserAction(event_id="late-old", app="bi", user="latecomer2", command="dashboard.viewed",
+                            schema_version=1, start_epoch_ms=last - 4 * DAY_MS)
+    send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, [newcomer_late, historical])
     stats = worker.wait_consumed(1502)
-    assert stats["dead_letters_by_reason"] == {"too_late": 1}
+    assert stats["dead_letters_by_reason"] == {}
 
-    expected = expected_metrics(actions + [newcomer_late])
+    expected = expected_metrics(actions + [newcomer_late, historical])
     wait_for_metrics([worker], expected)
 
     late_day = dt.datetime.fromtimestamp(newcomer_late.start_epoch_ms / 1000, dt.timezone.utc).date().isoformat()
