@@ -547,3 +547,11 @@ def test_producer_config_may_override_the_trackers_own_settings(bootstrap, new_t
     assert tracker.flush(timeout=60)
     tracker.close()
     assert len(consume_actions(bootstrap, topic, expected=5)) == 5 and tracker.stats().delivered == 5
+
+
+def test_publish_of_a_missing_file_is_one_line_and_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "publish", str(tmp_path / "missing.jsonl"),
+                           "--bootstrap", "127.0.0.1:1"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"cannot read {tmp_path / 'missing.jsonl'}: No such file or directory; give a JSON-lines file, or - for standard input"]

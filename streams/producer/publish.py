@@ -210,7 +210,12 @@ def _cli_publish(args: argparse.Namespace) -> int:
     from streams.cli import settings_from_args
     settings = settings_from_args(args)
     topic = args.topic or settings.topics.user_actions
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    try:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror}; give a JSON-lines file, or - for standard input",
+              file=sys.stderr)
+        return 2
     try:
         published, rejected = asyncio.run(publish_lines(stream, settings.bootstrap, topic, args.app))
     except Exception as exc:  # the broker, not a line, is the problem
