@@ -26,7 +26,7 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     """Every measurement of `plan` against the broker at `bootstrap`; the results as one dict."""
     from . import harness, load, procstat, report
 
-    # one pseudonym key for this process (which keys the messages) and the workers (which partition by it)
+    # workers that share partitions share one pseudonym key, as in a deployment
     os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}-"

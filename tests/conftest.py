@@ -12,6 +12,9 @@ from streams.store import clickhouse
 from streams.ops.broker import Broker, create_topics, free_port  # noqa: F401 (tests import free_port from here)
 
 TEST_BROKER_PORT = int(os.environ.get("TALLY_TEST_BROKER_PORT", "29092"))
+# One pseudonym key for the session's workers, SDK trackers and expected values, as a deployment
+# sets TALLY_HMAC_KEY; tests of a data directory's own key start their processes without it.
+os.environ.setdefault("TALLY_HMAC_KEY", "tally-test-suite-key")
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +78,9 @@ class WorkerProcess:
     """`tally worker` in a subprocess, with its own data dir, consumer group and topic prefix."""
 
     def __init__(self, data_dir: Path, bootstrap: str, prefix: str, app_id: str, extra: list[str],
-                 launcher: list[str] | None = None) -> None:
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.bootstrap, self.prefix, self.app_id, self.extra = data_dir, bootstrap, prefix, app_id, extra
+        self.env = env  # the process's whole environment; None = this one's
         self.launcher = launcher or [sys.executable, "-m", "streams.cli"]
         self.web_port = free_port()
         self.process: subprocess.Popen | None = None
@@ -92,7 +96,7 @@ class WorkerProcess:
             [*self.launcher, "worker", "--data-dir", str(self.data_dir),
              "--bootstrap", self.bootstrap, "--topic-prefix", self.prefix, "--app-id", self.app_id,
              "--web-port", str(self.web_port), "--worker-log-level", "INFO", *self.extra],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"worker exited: {self.log_tail()}"
@@ -182,8 +186,9 @@ def pipeline_env(bootstrap, tmp_path):
     class Env:
         topics = None
 
-        def worker(self, name: str = "w1", *extra: str, launcher: list[str] | None = None) -> WorkerProcess:
-            process = WorkerProcess(tmp_path / name, bootstrap, prefix, app_id, list(extra), launcher)
+        def worker(self, name: str = "w1", *extra: str, launcher: list[str] | None = None,
+                   env: dict[str, str] | None = None) -> WorkerProcess:
+            process = WorkerProcess(tmp_path / name, bootstrap, prefix, app_id, list(extra), launcher, env)
             workers.append(process)
             return process
 

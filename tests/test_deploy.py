@@ -25,11 +25,12 @@ def table_columns(sql: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_cluster_ddl_has_the_columns_of_the_migrations():
-    single = table_columns((ROOT / "streams/store/sql/001_tables.sql").read_text())
+    single = {**table_columns((ROOT / "streams/store/sql/001_tables.sql").read_text()),
+              **table_columns((ROOT / "streams/store/sql/003_meta.sql").read_text())}
     cluster = table_columns((ROOT / "deploy/clickhouse/cluster.sql").read_text())
-    assert {"user_actions", "dead_letters", "user_profiles"} <= set(single)
+    assert {"user_actions", "dead_letters", "user_profiles", "tally_meta"} <= set(single)
     for table, columns in single.items():
-        assert cluster.get(table) == columns, f"deploy/clickhouse/cluster.sql: {table} differs from 001_tables.sql"
+        assert cluster.get(table) == columns, f"deploy/clickhouse/cluster.sql: {table} differs from the migrations"
 
 
 def test_deploy_manifests_parse_and_run_the_worker():

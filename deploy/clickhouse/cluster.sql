@@ -91,9 +91,19 @@ CREATE TABLE IF NOT EXISTS tally.user_profiles ON CLUSTER tally
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/tally/user_profiles', '{replica}', updated_at)
 ORDER BY user;
 
+-- The deployment's facts (the pseudonym key's fingerprint): one replicated copy on every node.
+CREATE TABLE IF NOT EXISTS tally.tally_meta ON CLUSTER tally
+(
+    name        String,
+    value       String,
+    updated_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/tally/tally_meta', '{replica}', updated_at)
+ORDER BY name;
+
 -- Mark the base migration as applied so `tally migrate` only adds the views.
 CREATE TABLE IF NOT EXISTS tally.schema_migrations ON CLUSTER tally
 (version UInt32, name String, applied_at DateTime DEFAULT now())
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/tally/schema_migrations', '{replica}')
 ORDER BY version;
-INSERT INTO tally.schema_migrations (version, name) VALUES (1, 'tables');
+INSERT INTO tally.schema_migrations (version, name) VALUES (1, 'tables'), (3, 'meta');

@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from streams.analyst import kpis
+from streams.analyst import kpis, people
 
 WORKER_QUERY_PATH = "/query/"     # served by streams/runtime/web.py
 WORKER_TIMEOUT_SECONDS = 600      # analyst queries may scan a lot; the worker answers when done
@@ -406,6 +406,11 @@ def _parse_assignments(pairs: list[str] | None) -> dict[str, str]:
     return assigned
 
 
+def _say(notes: list[str]) -> None:
+    for note in notes:
+        print(note, file=sys.stderr)
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -414,11 +419,14 @@ def _fail(message: str) -> int:
 def cmd_query(args) -> int:
     from streams.cli import settings_from_args
 
+    settings = settings_from_args(args)
     try:
         parameters = _parse_assignments(args.param)
-        target = open_query_target(settings_from_args(args))
+        target = open_query_target(settings)
+        parameters, notes = people.stored_ids(settings, target, parameters)
+        _say(notes)
         columns, rows = target.query(args.sql, parameters or None)
-    except QueryError as exc:
+    except (QueryError, people.LookupError_) as exc:
         return _fail(str(exc))
     print(FORMATTERS[args.format](columns, rows).rstrip("\n"))
     return 0
@@ -441,8 +449,11 @@ def cmd_report(args) -> int:
     try:
         kpi = kpis.get_kpi(args.name)
         params = kpis.bind_params(kpi, _report_params(args))
-        columns, rows = open_query_target(settings).query(kpi.sql, params)
-    except (kpis.KpiError, QueryError) as exc:
+        target = open_query_target(settings)
+        stored, notes = people.stored_ids(settings, target, params, only={"user"})
+        _say(notes)
+        columns, rows = target.query(kpi.sql, stored)
+    except (kpis.KpiError, QueryError, people.LookupError_) as exc:
         return _fail(str(exc))
     print(FORMATTERS[args.format](columns, rows).rstrip("\n"))
     if args.format == "table" and rows:
@@ -450,7 +461,7 @@ def cmd_report(args) -> int:
         print("\n".join(sparkline_lines(columns, rows, kpi.chart)))
     if not args.no_chart:
         stem = Path(args.chart) if args.chart else settings.data_dir / "reports" / kpi.name
-        written = write_report_files(stem.with_suffix(""), kpi, params, columns, rows)
+        written = write_report_files(stem.with_suffix(""), kpi, stored, columns, rows)
         print("chart: " + ", ".join(str(path) for path in written), file=sys.stderr)
     return 0
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 import urllib.request
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def wait_for_worker(web: str, worker: subprocess.Popen, timeout: float = 120.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with code {worker.returncode}")
+            raise DemoFailed(f"the worker exited with code {worker.returncode}")
         try:
             get_json(f"{web}/stats/", timeout=2)
             return
@@ -57,6 +56,20 @@ def print_table(columns: list[str], rows: list[list]) -> None:
     print("  " + "  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
     for row in rows:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+def stream_args(data_dir: Path) -> list[str]:
+    """Topics and consumer group of this data directory's demo on a broker it does not own: a new
+    demo must not resume a previous one's offsets and tables (kept in the broker)."""
+    marker = data_dir / "demo-stream"
+    if not marker.exists():
+        marker.write_text(f"demo-{uuid.uuid4().hex[:8]}")
+    name = marker.read_text().strip()
+    return ["--topic-prefix", f"{name}-", "--app-id", name]
+
+
+class DemoFailed(Exception):
+    """A part of the demo stopped; the message says which."""
 
 
 def stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
@@ -78,8 +91,6 @@ def run_demo(args) -> int:
     if data_dir.exists() and not args.keep:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    # one pseudonym key shared by the demo's worker and generator (they key messages by it)
-    os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))
     settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)
     broker = None
     worker = generator = None
@@ -87,6 +98,7 @@ def run_demo(args) -> int:
     web_port = free_port()
     web = f"http://127.0.0.1:{web_port}"
     interrupted = False
+    failed = example_person = ""
     try:
         if not args.bootstrap:
             broker = broker_for(settings)
@@ -94,8 +106,9 @@ def run_demo(args) -> int:
             broker.start()
         print("starting the Tally worker ...", flush=True)
         worker_log = open(data_dir / "worker.log", "ab")
+        stream = stream_args(data_dir) if args.bootstrap else []
         worker = subprocess.Popen([*tally, "worker", "--data-dir", str(data_dir), "--bootstrap", settings.bootstrap,
-                                   "--web-port", str(web_port)], stdout=worker_log, stderr=subprocess.STDOUT)
+                                   "--web-port", str(web_port), *stream], stdout=worker_log, stderr=subprocess.STDOUT)
         wait_for_worker(web, worker)
         start_day = dt.date.today() - dt.timedelta(days=args.days)
         print(f"generating {args.days} days of traffic from {start_day} for {args.users} users "
@@ -103,7 +116,7 @@ def run_demo(args) -> int:
         generator = subprocess.Popen(
             [*tally, "generate", "--bootstrap", settings.bootstrap, "--seed", str(args.seed), "--days", str(args.days),
              "--start-day", start_day.isoformat(), "--users", str(args.users),
-             "--events-per-day", str(args.events_per_day), "--rate", str(args.rate)],
+             "--events-per-day", str(args.events_per_day), "--rate", str(args.rate), *stream[:2]],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started = time.monotonic()
         idle_polls = 0
@@ -117,7 +130,7 @@ def run_demo(args) -> int:
                   f"dead letters {stats['dead_lettered']:>5,}  duplicates {stats['duplicates']:>4,}  "
                   f"inserts {stats['sink']['inserts']:>4}  lag {lag:>6,}", flush=True)
             if worker.poll() is not None:
-                raise RuntimeError("worker stopped unexpectedly; see " + str(data_dir / "worker.log"))
+                raise DemoFailed("the worker stopped unexpectedly")
             if generator.poll() is not None:
                 idle_polls = idle_polls + 1 if stats["consumed"] == last_consumed and lag == 0 else 0
                 if idle_polls >= 2:
@@ -126,11 +139,16 @@ def run_demo(args) -> int:
         output = generator.stdout.read().strip()
         if output:
             print("generator: " + output.splitlines()[-1])
+        if generator.returncode != 0:
+            raise DemoFailed(f"the traffic generator failed (exit code {generator.returncode})")
         time.sleep(args.metric_settle)
         report(web)
+        example_person = most_active_person(web, settings, args.seed, args.users)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping ...")
+    except DemoFailed as exc:
+        failed = f"error: {exc}; its log: {data_dir / 'worker.log'}"
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave Kafka running
         stop(generator)
@@ -139,7 +157,12 @@ def run_demo(args) -> int:
             broker.stop()
         print(f"stopped. The demo's ClickHouse data stays in {data_dir} for "
               f"`tally query --data-dir {data_dir} \"SELECT ...\"`")
-    return 130 if interrupted else 0
+        if failed:
+            print(failed, file=sys.stderr)
+        elif example_person:
+            print(f"one person's usage, looked up by email: tally report user_stats --data-dir {data_dir} "
+                  f"--user {example_person}")
+    return 130 if interrupted else 1 if failed else 0
 
 
 def report(web: str) -> None:
@@ -164,6 +187,21 @@ def report(web: str) -> None:
         day, users = check["rows"][0]
         print(f"\nClickHouse says {users} distinct users on {day}; the live table says "
               f"{next((t['value'] for t in totals if t['metric'] == 'dau' and t['app'] == '*' and t['day'] == day), '?')}")
+
+
+def most_active_person(web: str, settings, seed: int, users: int) -> str:
+    """The email of the generated person with the most events (stored under a pseudonym)."""
+    from streams.producer.generator import people_of
+    from streams.stages.scrub import Scrubber, load_policy
+    from streams.store import pseudonym_key
+
+    answer = get_json(f"{web}/query/", {"sql": "SELECT user FROM user_actions GROUP BY user "
+                                               "ORDER BY count() DESC, user LIMIT 1"})
+    key = pseudonym_key.with_key(settings, create=False).hmac_key
+    if not answer.get("rows") or not key:
+        return ""
+    stored_user = Scrubber(load_policy(settings.scrub_policy, key)).scrub_user
+    return next((email for email, _, _ in people_of(seed, users) if stored_user(email) == answer["rows"][0][0]), "")
 
 
 def add_cli(subparsers) -> None:

@@ -81,7 +81,7 @@ MEDIAN_MS = {"search": 350, "_get": 120, "_log": 80, "_update": 200, "update": 2
 
 # --- Profiles --------------------------------------------------------------------------------------
 
-def _people(seed: int, users: int) -> list[tuple[str, str, str]]:
+def people_of(seed: int, users: int) -> list[tuple[str, str, str]]:
     """(email, title, team) per user; titles by quota so role sizes are stable for a seed."""
     rng = random.Random(f"{seed}:people")
     emails: list[str] = []
@@ -107,7 +107,7 @@ def generate_profiles(seed: int, users: int, updated_epoch_ms: int = 0) -> list[
     """One profile per user: email as the user id, a title (role), a team, A/B flags."""
     rng = random.Random(f"{seed}:flags")
     profiles = []
-    for email, title, team in _people(seed, users):
+    for email, title, team in people_of(seed, users):
         flags = {"new_search_ui": "true" if rng.random() < 0.5 else "false",
                  "dashboard_v2": "true" if rng.random() < 0.2 else "false"}
         profiles.append(UserProfile(user=email, email=email, title=title, team=team, ab_flags=flags,
@@ -297,7 +297,7 @@ def generate_actions(seed: int, start_day: date, days: int, users: int, events_p
         raise ValueError(f"unknown apps {sorted(unknown)}; choose from {APPS}")
     rng = random.Random(f"{seed}:activity")
     people = []
-    for email, title, team in _people(seed, users):
+    for email, title, team in people_of(seed, users):
         _, app_weights, per_day = ROLES[title]
         engagement = min(rng.paretovariate(2.0) / 2, 1.6)  # a few power users, many occasional ones
         people.append((email, title, team, min(engagement, 1.0 / 0.55), per_day * engagement, app_weights))

@@ -449,10 +449,14 @@ def _resolve_scrubber(scrubber: Any):
         return scrubber
     try:
         from streams.config import from_env
-        from streams.stages.scrub import Scrubber, load_policy  # optional for the SDK
+        from streams.stages.scrub import Scrubber, SourceScrubber, load_policy  # optional for the SDK
         # the pipeline's policy and HMAC key (TALLY_SCRUB_POLICY, TALLY_HMAC_KEY): pseudonyms made here
         # must equal the pipeline's, or events would no longer join their user's profile
         settings = from_env()
+        if not settings.hmac_key:
+            # no deployment key here: scrub secrets, but leave pseudonyms to the worker, whose key
+            # (its data directory's) may not be the fixed development one
+            return SourceScrubber(load_policy(settings.scrub_policy, SourceScrubber.NO_KEY))
         return Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
     except Exception as exc:
         log.debug("tally tracker: no scrub policy applied at the source (%s)", exc)

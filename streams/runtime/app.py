@@ -38,7 +38,7 @@ from streams.stages.flow import Stages, process_batch, refused_row_letter, unpac
 from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Source
 from streams.stages.scrub import Scrubber, load_policy, scrub_logs
 from streams.stages.validate import Limits
-from streams.store import clickhouse
+from streams.store import clickhouse, pseudonym_key
 from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter,
                                 RetryPolicy, batch_token, dead_letter_row, insert_isolating, to_columns,
                                 write_with_retry)
@@ -65,6 +65,7 @@ class Pipeline:
         self.writer = ClickHouseWriter(clickhouse.connect_and_migrate(settings.clickhouse_dsn, self.retry),
                                        compression=None if settings.is_embedded_clickhouse else "zstd")
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
+        pseudonym_key.check_store(self.writer.client, self.scrubber.policy.hmac_key.decode("utf-8"))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
         self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message

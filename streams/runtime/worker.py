@@ -21,8 +21,13 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
 
     from streams.runtime.app import create_app
     from streams.ops.broker import create_topics, pipeline_topics
+    from streams.store import pseudonym_key
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.hmac_key:
+        settings = pseudonym_key.with_key(settings, create=True)
+        log.warning("pseudonym key: %s (TALLY_HMAC_KEY is not set); workers that share partitions "
+                    "must share one key: set TALLY_HMAC_KEY", pseudonym_key.key_path(settings.data_dir))
     counts, compacted = pipeline_topics(settings)
     asyncio.run(create_topics(settings.bootstrap, counts, compacted))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
@@ -86,7 +91,15 @@ def settings_for_worker(args):
 
 
 def _cli_worker(args) -> int:
-    run_worker(settings_for_worker(args), loglevel=args.worker_log_level)
+    import sys
+
+    from streams.store.clickhouse import StoreUnavailable
+    from streams.store.pseudonym_key import KeyMismatch
+    try:
+        run_worker(settings_for_worker(args), loglevel=args.worker_log_level)
+    except (KeyMismatch, StoreUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,6 +17,10 @@ import clickhouse_connect
 log = logging.getLogger(__name__)
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be opened, and waiting would not help (the message says what to do)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An error in one line for a log (drivers wrap ClickHouse errors in several; some have none)."""
     text = str(exc).strip()
@@ -124,7 +128,7 @@ def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
         except Exception as exc:
             message = first_line(exc)
             if dsn.startswith("chdb:"):
-                raise RuntimeError(f"cannot open the embedded ClickHouse at {urlparse(dsn).path}: {message}. "
+                raise StoreUnavailable(f"cannot open the embedded ClickHouse at {urlparse(dsn).path}: {message}. "
                                    f"Is another process (a running worker?) using it? Only one process can "
                                    f"own the directory: stop it, or query through its endpoint") from exc
             wait = next(waits, None)

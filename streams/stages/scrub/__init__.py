@@ -18,7 +18,7 @@ from streams.stages.scrub.detectors import (ACTION_TEXT_FIELDS, DETECTOR_NAMES, 
                                             PSEUDONYM_PREFIX, ROW_TEXT_FIELDS, is_pseudonym, luhn_ok)
 from streams.stages.scrub.logs import ScrubLogFilter, scrub_logs
 from streams.stages.scrub.policy import ScrubPolicy, load_policy
-from streams.stages.scrub.scrubber import Scrubber
+from streams.stages.scrub.scrubber import Scrubber, SourceScrubber
 
 __all__ = ["ACTION_TEXT_FIELDS", "DETECTOR_NAMES", "DEVELOPMENT_HMAC_KEY", "PSEUDONYM_PREFIX", "ROW_TEXT_FIELDS",
-           "ScrubLogFilter", "ScrubPolicy", "Scrubber", "is_pseudonym", "load_policy", "luhn_ok", "scrub_logs"]
+           "ScrubLogFilter", "ScrubPolicy", "Scrubber", "SourceScrubber", "is_pseudonym", "load_policy", "luhn_ok", "scrub_logs"]
