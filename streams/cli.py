@@ -56,6 +56,10 @@ def settings_from_args(args: argparse.Namespace, **extra):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "worker" and args.log_level.upper() == "WARNING":
+        # a command reports a broker it cannot reach in one line of its own; the client's
+        # connection errors and retries would only repeat it (the worker keeps them in its log)
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return int(args.func(args) or 0)
 
 

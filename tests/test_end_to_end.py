@@ -199,6 +199,18 @@ def test_profiles_join_onto_later_events_and_live_windows_match_clickhouse(pipel
                           "--topic-prefix", pipeline_env.prefix, "--data-dir", str(tmp_path / "w1"),
                           "--last", "0", "--json"], capture_output=True, text=True, check=True).stdout
     assert {(r["metric"], r["app"], r["day"]): r["value"] for r in json.loads(out)} == expected_metrics(actions)
+    # with no flags: per app, DAU/WAU/MAU on the stream's current day and on the last complete day
+    shown = subprocess.run([sys.executable, "-m", "streams.cli", "metrics", "--bootstrap", pipeline_env.bootstrap,
+                            "--topic-prefix", pipeline_env.prefix, "--data-dir", str(tmp_path / "w1")],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    expected = expected_metrics(actions)
+    current = max(day for _, _, day in expected)
+    complete = (dt.date.fromisoformat(current) - dt.timedelta(days=1)).isoformat()
+    assert shown[0].startswith(f"active users on {current}") and f"{complete} (the last complete day)" in shown[0]
+    table = {(cells[0], cells[1]): tuple(map(int, cells[2:])) for cells in map(str.split, shown[3:-1])}
+    apps = {app for _, app, _ in expected}
+    assert table == {(app, day): tuple(expected.get((m, app, day), 0) for m in ("dau", "wau", "mau"))
+                     for app in apps for day in (current, complete)}
 
 
 def test_envelopes_of_many_actions_give_the_same_rows_and_counts(pipeline_env):
