@@ -160,6 +160,16 @@ def test_events_land_in_clickhouse_with_exact_rows_and_distinct_users(pipeline_e
     wait_for_metrics([worker], expected_metrics(actions))
     worker.stop()
 
+    # restarted on caught-up data, the worker reports no lag (not the backlog since the last commit)
+    again = pipeline_env.worker().start()
+    lag = wait_for(lambda: (lag := again.stats()["consumer_lag"]) and len(lag) == 4 and lag, what="lag of 4 partitions")
+    assert lag == {"0": 0, "1": 0, "2": 0, "3": 0}
+    with urllib.request.urlopen(again.web + "/metrics/", timeout=10) as response:
+        scraped = response.read().decode()
+    assert [line for line in scraped.splitlines() if line.startswith("tally_consumer_lag{")] == [
+        f'tally_consumer_lag{{partition="{p}"}} 0' for p in range(4)]
+    again.stop()
+
 
 def test_profiles_join_onto_later_events_and_live_windows_match_clickhouse(pipeline_env, tmp_path):
     from streams.contract import UserProfile

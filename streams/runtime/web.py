@@ -13,20 +13,30 @@ import json
 from faust.web import View
 
 
-def _stats(pipeline) -> dict:
-    counts = pipeline.counts
-    sink = pipeline.writer.stats
-    stages = pipeline.stage_times
+async def consumer_lag(pipeline) -> dict[int, int]:
+    """Messages not yet processed per assigned input partition. A partition with nothing processed
+    since this worker took it counts from where its consumer stands (the committed offset, or
+    further once fetched), not from zero: a caught-up partition has lag 0 after a restart."""
     lag = {}
     consumer = pipeline.app.consumer
     for tp in consumer.assignment():
-        if tp.topic == pipeline.settings.topics.user_actions:
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not fetched yet
-                continue
-            done = pipeline.consumed_offsets.get(tp.partition, -1) + 1
-            lag[tp.partition] = max(0, (high or 0) - done)
+        if tp.topic != pipeline.settings.topics.user_actions:
+            continue
+        try:
+            high = consumer.highwater(tp)
+            processed = pipeline.consumed_offsets.get(tp.partition)
+            done = processed + 1 if processed is not None else (await consumer.position(tp) or 0)
+        except Exception:  # not fetched yet, or the partition is being revoked
+            continue
+        lag[tp.partition] = max(0, (high or 0) - done)
+    return lag
+
+
+async def _stats(pipeline) -> dict:
+    counts = pipeline.counts
+    sink = pipeline.writer.stats
+    stages = pipeline.stage_times
+    lag = await consumer_lag(pipeline)
     return {
         "consumed": counts.consumed, "delivered": counts.delivered, "dead_lettered": counts.dead_lettered,
         "duplicates": counts.duplicates, "rerouted": counts.rerouted,
@@ -90,12 +100,12 @@ def register(app, pipeline) -> None:
     @app.page("/stats/")
     class Stats(View):
         async def get(self, request):
-            return self.json(_stats(pipeline))
+            return self.json(await _stats(pipeline))
 
     @app.page("/metrics/")
     class Metrics(View):
         async def get(self, request):
-            return self.bytes(prometheus_text(_stats(pipeline)).encode(),
+            return self.bytes(prometheus_text(await _stats(pipeline)).encode(),
                               content_type="text/plain; version=0.0.4")
 
     @app.page("/query/")
