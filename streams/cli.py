@@ -14,7 +14,7 @@ COMMAND_MODULES = [
     "streams.ops.broker",     # tally broker start|stop|status
     "streams.runtime.worker",     # tally worker, tally migrate
     "streams.ops.demo",       # tally demo
-    "streams.producer.publish",  # tally publish
+    "streams.ops.backfill",   # tally publish
     "streams.producer.generator",  # tally generate
     "streams.ops.dlq",        # tally dlq inspect|replay
     "streams.analyst.query",    # tally query, tally report

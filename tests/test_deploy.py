@@ -27,6 +27,9 @@ def table_columns(sql: str) -> dict[str, list[tuple[str, str]]]:
 def test_cluster_ddl_has_the_columns_of_the_migrations():
     single = {**table_columns((ROOT / "streams/store/sql/001_tables.sql").read_text()),
               **table_columns((ROOT / "streams/store/sql/003_meta.sql").read_text())}
+    for table, column, kind in re.findall(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) ([\w()]+)",
+                                          (ROOT / "streams/store/sql/004_dead_letter_entries.sql").read_text()):
+        single[table].append((column, kind))
     cluster = table_columns((ROOT / "deploy/clickhouse/cluster.sql").read_text())
     assert {"user_actions", "dead_letters", "user_profiles", "tally_meta"} <= set(single)
     for table, columns in single.items():

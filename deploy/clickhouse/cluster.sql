@@ -69,11 +69,12 @@ CREATE TABLE IF NOT EXISTS tally.dead_letters_local ON CLUSTER tally
     event_id          String,
     app               LowCardinality(String),
     user              String,
-    scrubbed_fields   Array(String)
+    scrubbed_fields   Array(String),
+    letter            UInt32
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/tally/dead_letters', '{replica}')
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (source_topic, source_partition, source_offset);
+ORDER BY (source_topic, source_partition, source_offset, letter);
 
 CREATE TABLE IF NOT EXISTS tally.dead_letters ON CLUSTER tally AS tally.dead_letters_local
 ENGINE = Distributed(tally, tally, dead_letters_local, source_partition);
@@ -106,4 +107,4 @@ CREATE TABLE IF NOT EXISTS tally.schema_migrations ON CLUSTER tally
 (version UInt32, name String, applied_at DateTime DEFAULT now())
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/tally/schema_migrations', '{replica}')
 ORDER BY version;
-INSERT INTO tally.schema_migrations (version, name) VALUES (1, 'tables'), (3, 'meta');
+INSERT INTO tally.schema_migrations (version, name) VALUES (1, 'tables'), (3, 'meta'), (4, 'dead_letter_entries');

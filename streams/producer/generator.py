@@ -18,13 +18,12 @@ import json
 import math
 import random
 import sys
-import time
 import uuid
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
-from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, UserProfile
+from streams.contract import SCHEMA_VERSION, UserAction, UserProfile
 
 APPS = ("amundsen", "code-search", "bi")
 DAY_MS = 86_400_000
@@ -365,69 +364,23 @@ async def publish_traffic(bootstrap: str, topic: str, actions: Iterable[UserActi
     """Profiles first (keyed by user, to the compacted topic), then actions keyed by user at `rate`/s
     (0 = as fast as acks allow), one per message or `envelope` per UserActionBatch message.
     Returns (acknowledged, failed) actions."""
-    from streams.producer.publish import send_with_acks
+    from streams.producer.publish import envelope_messages, partition_count, send_with_acks
     key = partition_key()
     if profiles_topic:
         await send_with_acks(bootstrap, profiles_topic,
                              ((key(p.user), p.SerializeToString(), None) for p in profiles))
     if envelope > 1:
-        return await publish_envelopes(bootstrap, topic, actions, key, envelope, rate)
+        events = {"acked": 0, "failed": 0}
+
+        def count(tags, error, _metadata) -> None:
+            events["failed" if error else "acked"] += len(tags)
+
+        messages = envelope_messages(((action, None) for action in actions), await partition_count(bootstrap, topic),
+                                     max_actions=envelope, round_size=envelope * 4, round_seconds=0.1, rate=rate)
+        await send_with_acks(bootstrap, topic, messages, on_result=count)
+        return events["acked"], events["failed"]
     return await send_with_acks(bootstrap, topic, ((key(a.user), a.SerializeToString(), None) for a in actions),
                                 rate=rate)
-
-
-async def publish_envelopes(bootstrap: str, topic: str, actions: Iterable[UserAction], key, size: int,
-                            rate: float = 0.0) -> tuple[int, int]:
-    """Actions packed per partition into UserActionBatch messages of up to `size` (a partial one is
-    sent after 100 ms), each written to the partition its users' ids hash to."""
-    from aiokafka import AIOKafkaProducer
-
-    from streams.contract import ENVELOPE_HEADER, partition_for_user
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10,
-                                max_request_size=4 * 1024 * 1024, max_batch_size=1024 * 1024)
-    await producer.start()
-    try:
-        partitions = len(await producer.partitions_for(topic))
-        pending: dict[int, UserActionBatch] = {}
-        opened: dict[int, float] = {}
-        futures: list[tuple[int, asyncio.Future]] = []
-        started = time.monotonic()
-
-        async def send(partition: int) -> None:
-            batch = pending.pop(partition)
-            opened.pop(partition, None)
-            first = batch.actions[0]
-            futures.append((len(batch.actions), await producer.send(  # keyed like its partition: the user id
-                topic, batch.SerializeToString(), key=key(first.user), partition=partition,
-                headers=[ENVELOPE_HEADER])))
-
-        sent = 0
-        for action in actions:
-            partition = partition_for_user(key(action.user).decode(), partitions)
-            batch = pending.setdefault(partition, UserActionBatch())
-            opened.setdefault(partition, time.monotonic())
-            batch.actions.append(action)
-            sent += 1
-            if len(batch.actions) >= size:
-                await send(partition)
-            if rate > 0 and sent % 64 == 0:
-                for stale in [p for p, t in opened.items() if time.monotonic() - t > 0.1]:
-                    await send(stale)
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        for partition in list(pending):
-            await send(partition)
-        acked = failed = 0
-        for count, future in futures:
-            try:
-                await future
-                acked += count
-            except Exception:
-                failed += count
-        return acked, failed
-    finally:
-        await producer.stop()
 
 
 def partition_key():

@@ -1,7 +1,6 @@
-"""JSON lines <-> UserAction, and publishing with acks: `tally publish` (and `tally generate`)."""
+"""JSON lines <-> UserAction, and publishing with acks, one per message or in envelopes (`tally publish`, `tally generate`)."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
@@ -10,10 +9,14 @@ import socket
 import stat
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from streams.contract import SCHEMA_VERSION, UserAction, new_event_id
 from streams.producer.arguments import to_json
+from streams.producer.envelopes import pack_envelopes
+
+ENVELOPE_MAX_BYTES = 900_000  # under the broker's default message.max.bytes (1 MiB)
 
 
 _FIELDS = {f.name: f for f in UserAction.DESCRIPTOR.fields}
@@ -78,18 +81,24 @@ def action_to_json(action: UserAction) -> dict:
 
 
 async def send_with_acks(bootstrap: str, topic: str, messages, rate: float = 0.0, window: int = 2000,
-                         on_result: Callable[[Any, BaseException | None], None] | None = None,
+                         on_result: Callable[[Any, BaseException | None, Any], None] | None = None,
                          **producer_config) -> tuple[int, int]:
-    """Send (key, value, tag) triples from an iterable or async iterable; returns (acknowledged, failed).
+    """Send messages from an iterable or async iterable; returns (acknowledged, failed) messages.
 
-    `rate` > 0 paces sends to that many per second; 0 sends as fast as the broker acknowledges.
-    At most `window` sends are in flight; `on_result(tag, error)` hears about each one.
+    A message is (key, value, tag), or (key, value, tag, partition, headers). `rate` > 0 paces
+    sends to that many per second; 0 sends as fast as the broker acknowledges. At most `window`
+    sends are in flight; `on_result(tag, error, metadata)` hears about each one (metadata has the
+    partition and offset it was written at).
     """
     from aiokafka import AIOKafkaProducer
-    config = {"acks": "all", "enable_idempotence": True, "linger_ms": 10, "max_batch_size": 256 * 1024,
-              **producer_config}
+    config = {"acks": "all", "enable_idempotence": True, "linger_ms": 10, "max_batch_size": 1024 * 1024,
+              "max_request_size": 4 * 1024 * 1024, **producer_config}
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **config)
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
     acked = failed = 0
     in_flight: collections.deque = collections.deque()
 
@@ -97,30 +106,32 @@ async def send_with_acks(bootstrap: str, topic: str, messages, rate: float = 0.0
         nonlocal acked, failed
         for _ in range(count):
             tag, future = in_flight.popleft()
+            metadata = error = None
             try:
-                await future
+                metadata = await future
                 acked += 1
-                error = None
             except Exception as exc:
                 failed += 1
                 error = exc
             if on_result is not None:
-                on_result(tag, error)
+                on_result(tag, error, metadata)
 
     try:
         started = time.monotonic()
         sent = 0
-        async for key, value, tag in _aiter(messages):
+        async for key, value, tag, *placement in _aiter(messages):
+            partition, headers = placement if placement else (None, None)
             if rate > 0 and sent % 64 == 0:
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
             try:
-                in_flight.append((tag, await producer.send(topic, value, key=key)))
+                in_flight.append((tag, await producer.send(topic, value, key=key, partition=partition,
+                                                           headers=headers)))
             except Exception as exc:
                 failed += 1
                 if on_result is not None:
-                    on_result(tag, exc)
+                    on_result(tag, exc, None)
             sent += 1
             if len(in_flight) >= window:
                 await settle(len(in_flight) // 2)
@@ -128,6 +139,41 @@ async def send_with_acks(bootstrap: str, topic: str, messages, rate: float = 0.0
     finally:
         await producer.stop()
     return acked, failed
+
+
+async def partition_count(bootstrap: str, topic: str) -> int:
+    """How many partitions `topic` has (envelopes are packed per partition)."""
+    from aiokafka import AIOKafkaProducer
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        await producer.start()
+        return len(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+
+
+async def envelope_messages(items, partitions: int, max_bytes: int = ENVELOPE_MAX_BYTES,
+                            max_actions: int | None = None, round_size: int = 20_000, round_seconds: float = 0.2,
+                            rate: float = 0.0):
+    """(UserAction, tag) items -> (key, UserActionBatch, [tags], partition, headers) messages: each
+    round of up to `round_size` events (or `round_seconds`, or `rate` events/s) packed into one
+    envelope per partition, every event in the partition of its user id as sent."""
+    round_: list = []
+    opened = started = time.monotonic()
+    sent = 0
+    async for action, tag in _aiter(items):
+        round_.append((action.user.encode("utf-8", "surrogatepass"), action.SerializeToString(), tag))
+        now = time.monotonic()
+        if len(round_) >= round_size or now - opened >= round_seconds:
+            for key, value, partition, headers, tags in pack_envelopes(round_, partitions, max_bytes, max_actions):
+                yield key, value, tags, partition, headers
+            sent += len(round_)
+            round_, opened = [], now
+            ahead = sent / rate - (now - started) if rate > 0 else 0
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    for key, value, partition, headers, tags in pack_envelopes(round_, partitions, max_bytes, max_actions):
+        yield key, value, tags, partition, headers
 
 
 async def _aiter(items):
@@ -153,18 +199,38 @@ def parse_lines(lines: Iterable[str], default_app: str | None) -> Iterator[tuple
             yield number, None, str(exc)
 
 
+@dataclass
+class Published:
+    """What `publish_lines` did: events acknowledged, lines rejected, and where the events went."""
+    events: int = 0
+    rejected: int = 0
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) written
+
+    def wrote(self, partition: int, offset: int) -> None:
+        first, last = self.offsets.get(partition, (offset, offset))
+        self.offsets[partition] = (min(first, offset), max(last, offset))
+
+
 async def publish_lines(stream: TextIO, bootstrap: str, topic: str, default_app: str | None,
-                        errors: TextIO = sys.stderr) -> tuple[int, int]:
-    """Publish JSON lines as UserAction Protobuf keyed by user; returns (published, rejected)."""
-    rejected = 0
+                        errors: TextIO = sys.stderr, envelopes: bool = True,
+                        progress: Callable[[int, int], None] | None = None) -> Published:
+    """Publish JSON lines as UserAction Protobuf, packed in envelopes per partition (or one message
+    per event, keyed by user). `progress(events acknowledged, characters read)` hears after each ack."""
+    done = Published()
+    read = 0
 
     def reject(number: int, reason: str) -> None:
-        nonlocal rejected
-        rejected += 1
+        done.rejected += 1
         print(f"line {number}: {reason}", file=errors, flush=True)
 
-    async def messages():
-        parsed = parse_lines(iter(stream.readline, ""), default_app)
+    def lines():
+        nonlocal read
+        for line in iter(stream.readline, ""):
+            read += len(line)
+            yield line
+
+    async def actions():
+        parsed = parse_lines(lines(), default_app)
         from_pipe = not _is_regular_file(stream)
         while True:
             # a pipe is read in a worker thread, so waiting for the next line doesn't stall sends
@@ -175,14 +241,26 @@ async def publish_lines(stream: TextIO, bootstrap: str, topic: str, default_app:
             if action is None:
                 reject(number, reason)
                 continue
-            yield action.user.encode("utf-8"), action.SerializeToString(), number
+            yield action, number
 
-    def on_result(number: int, error: BaseException | None) -> None:
+    def on_result(numbers, error: BaseException | None, metadata) -> None:
+        numbers = numbers if isinstance(numbers, list) else [numbers]
         if error is not None:
-            reject(number, f"send failed: {error!r}")
+            for number in numbers:
+                reject(number, f"send failed: {error!r}")
+            return
+        done.events += len(numbers)
+        done.wrote(metadata.partition, metadata.offset)
+        if progress is not None:
+            progress(done.events, read)
 
-    published, _ = await send_with_acks(bootstrap, topic, messages(), on_result=on_result)
-    return published, rejected
+    if envelopes:
+        messages = envelope_messages(actions(), await partition_count(bootstrap, topic))
+    else:
+        messages = ((action.user.encode("utf-8", "surrogatepass"), action.SerializeToString(), number)
+                    async for action, number in actions())
+    await send_with_acks(bootstrap, topic, messages, on_result=on_result)
+    return done
 
 
 def _is_regular_file(stream: TextIO) -> bool:
@@ -190,41 +268,3 @@ def _is_regular_file(stream: TextIO) -> bool:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def add_cli(subparsers) -> None:
-    from streams.cli import add_settings_args
-    parser = subparsers.add_parser(
-        "publish", help="publish JSON lines (one UserAction per line) to Kafka as Protobuf",
-        description="Read JSON lines (UserAction field names; 'properties' an object; integer timestamps) "
-                    "from FILE or stdin and publish them as Protobuf keyed by user. Bad lines are reported "
-                    "as 'line N: reason' on stderr and skipped; exit code 1 if any were rejected.")
-    parser.add_argument("file", nargs="?", default="-", help="JSON lines file, or - for stdin (default)")
-    parser.add_argument("--topic", help="default: the user-actions topic")
-    parser.add_argument("--app", help="app for lines that don't name one")
-    add_settings_args(parser)
-    parser.set_defaults(func=_cli_publish)
-
-
-def _cli_publish(args: argparse.Namespace) -> int:
-    from streams.cli import settings_from_args
-    settings = settings_from_args(args)
-    topic = args.topic or settings.topics.user_actions
-    try:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-    except OSError as exc:
-        print(f"cannot read {args.file}: {exc.strerror}; give a JSON-lines file, or - for standard input",
-              file=sys.stderr)
-        return 2
-    try:
-        published, rejected = asyncio.run(publish_lines(stream, settings.bootstrap, topic, args.app))
-    except Exception as exc:  # the broker, not a line, is the problem
-        if "Kafka" not in type(exc).__name__:
-            raise
-        print(f"cannot publish to Kafka at {settings.bootstrap}: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-    print(f"published {published}, rejected {rejected}")
-    return 1 if rejected else 0

@@ -20,6 +20,7 @@ import logging
 import operator
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,7 +47,7 @@ USER_ACTION_COLUMNS = (
 
 DEAD_LETTER_COLUMNS = (
     "reason", "detail", "source_topic", "source_partition", "source_offset", "received_at", "payload_size",
-    "payload_sha256", "scrubbed_payload", "event_id", "app", "user", "scrubbed_fields")
+    "payload_sha256", "scrubbed_payload", "event_id", "app", "user", "scrubbed_fields", "letter")
 
 PROFILE_COLUMNS = ("user", "email", "title", "team", "ab_flags", "updated_at")
 
@@ -112,7 +113,9 @@ def dead_letter_row(letter: DeadLetter) -> dict:
             "source_partition": letter.source_partition, "source_offset": letter.source_offset,
             "received_at": letter.received_epoch_ms, "payload_size": letter.payload_size,
             "payload_sha256": letter.payload_sha256, "scrubbed_payload": payload, "event_id": letter.event_id,
-            "app": letter.app, "user": letter.user, "scrubbed_fields": list(letter.scrubbed_fields)}
+            "app": letter.app, "user": letter.user, "scrubbed_fields": list(letter.scrubbed_fields),
+            # apart from the other letters of the same message (an envelope's), equal for a redelivered copy
+            "letter": zlib.crc32(f"{letter.payload_sha256}:{letter.event_id}:{letter.reason}".encode())}
 
 
 @dataclass(frozen=True)
