@@ -135,6 +135,10 @@ async def send_with_acks(bootstrap: str, topic: str, messages, rate: float = 0.0
             sent += 1
             if len(in_flight) >= window:
                 await settle(len(in_flight) // 2)
+            ready = 0
+            while ready < len(in_flight) and in_flight[ready][1].done():
+                ready += 1
+            await settle(ready)  # heard as soon as they are acknowledged (progress), without waiting
         await settle(len(in_flight))
     finally:
         await producer.stop()
