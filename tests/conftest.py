@@ -135,8 +135,8 @@ class WorkerProcess:
     def active_users(self) -> list[dict]:
         return self._call("/active-users/")
 
-    def query(self, sql: str) -> list[list]:
-        answer = self._call("/query/", {"sql": sql})
+    def query(self, sql: str, admin: bool = False) -> list[list]:
+        answer = self._call("/query/", {"sql": sql, "admin": admin})
         assert "rows" in answer, answer
         return answer["rows"]
 

@@ -2,15 +2,18 @@
 (the worker's HTTP endpoint while a worker owns chDB, the data directory otherwise)."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from conftest import publish
 from streams.analyst import query as analyst
 from streams.store import clickhouse
 from streams.analyst import kpis
@@ -122,6 +125,8 @@ def test_handle_query_request(ch):
                       "rows": [[DAY, 1], [DAY + dt.timedelta(days=1), 2], [DAY + dt.timedelta(days=2), 3]]}
 
     status, answer = analyst.handle_query_request(ch, {"sql": "SELEC 1"})
+    assert (status, answer["error"]) == (400, "'SELEC' is not a keyword of a query; did you mean SELECT?")
+    status, answer = analyst.handle_query_request(ch, {"sql": "SELECT FROM WHERE"})
     assert status == 400 and answer["error"].startswith("Code: 62. DB::Exception: Syntax error")
     assert "\n" not in answer["error"]
 
@@ -181,17 +186,25 @@ def test_query_goes_through_the_running_worker(running_worker, capsys):
 
 
 @pytest.mark.kafka
-def test_sql_through_the_running_worker_is_read_only(running_worker, capsys):
+def test_sql_through_the_running_worker_is_read_only(running_worker, pipeline_env, capsys):
     """Its port may be reachable by more than its owner: SQL that would change data or tables is
     refused (a worker started with --admin-sql takes it, as test_stream_guarantees' do)."""
     data_dir, _ = running_worker
     target = analyst.open_query_target(Settings(data_dir=data_dir))
     for sql in ("DROP TABLE user_actions", "ALTER TABLE user_actions DELETE WHERE 1",
                 "INSERT INTO user_profiles (user) VALUES ('mallory')"):
-        with pytest.raises(analyst.QueryError, match="readonly mode"):
+        with pytest.raises(analyst.QueryError, match="only read: add --admin"):
             target.query(sql)
     assert target.query("SELECT count() FROM kpi_actions")[1] == [(6,)]
     assert target.query("SELECT count() FROM user_profiles WHERE user = 'mallory'")[1] == [(0,)]
+    # and the worker still writes what it takes: a refused statement left its store writable
+    from streams.contract import UserAction
+    event = UserAction(event_id="after-refusal", app="amundsen", command="search_table", user="dee", schema_version=1,
+                       start_epoch_ms=int(time.time() * 1000), end_epoch_ms=int(time.time() * 1000) + 5)
+    asyncio.run(publish(pipeline_env.bootstrap, pipeline_env.topics.user_actions,
+                        [(b"dee", event.SerializeToString())]))
+    running_worker[1].wait_consumed(1)
+    assert target.query("SELECT count() FROM user_actions WHERE event_id = 'after-refusal'")[1] == [(1,)]
 
 
 @pytest.mark.kafka
@@ -285,3 +298,53 @@ def test_report_prints_table_sparkline_and_writes_the_chart(data_dir, tmp_path, 
 def test_report_mistakes_are_clear(data_dir, capsys, argv, message):
     assert tally(*argv, "--data-dir", str(data_dir)) == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+# ---- a read never destroys ----------------------------------------------------------------------
+
+WRITES = ["DROP TABLE user_actions", "ALTER TABLE user_actions DELETE WHERE 1", "TRUNCATE TABLE user_actions",
+          "INSERT INTO user_actions (event_id, app, user) VALUES ('x', 'a', 'mallory')",
+          "SELECT 1; DROP TABLE user_actions"]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_a_query_on_the_data_directory_changes_nothing_without_admin(data_dir, capsys, sql):
+    assert tally("query", sql, "--data-dir", str(data_dir)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert tally("query", "SELECT count() FROM user_actions", "--data-dir", str(data_dir), "--format", "csv") == 0
+    assert capsys.readouterr().out == "count()\n8\n"  # the sample's rows, a redelivered copy among them
+
+
+def test_admin_changes_data_on_purpose(data_dir, capsys):
+    assert tally("query", "DROP TABLE user_actions", "--data-dir", str(data_dir)) == 2
+    assert "add --admin" in capsys.readouterr().err
+    assert tally("query", "TRUNCATE TABLE user_actions", "--data-dir", str(data_dir), "--admin") == 0
+    capsys.readouterr()
+    assert tally("query", "SELECT count() FROM user_actions", "--data-dir", str(data_dir), "--format", "csv") == 0
+    assert capsys.readouterr().out == "count()\n0\n"
+
+
+def test_a_data_directory_that_does_not_exist_is_an_error_not_an_empty_answer(tmp_path, capsys):
+    missing = tmp_path / "does-not-exist"
+    assert tally("query", "SELECT 1", "--data-dir", str(missing)) == 2
+    assert tally("report", "dau", "--data-dir", str(missing)) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"error: no Tally data in {missing} ({missing / 'clickhouse'} does not exist): check --data-dir "
+                      f"(the demo's is .tally/demo; a worker's is its --data-dir, default .tally)"] * 2
+    assert not missing.exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("admin", [False, True])
+def test_a_query_through_the_worker_changes_nothing_and_admin_is_refused_there(running_worker, capsys, admin):
+    data_dir, _ = running_worker
+    for sql in WRITES:
+        assert tally("query", sql, "--data-dir", str(data_dir), *(["--admin"] if admin else [])) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        expected = ("not started with --admin-sql" if admin else
+                    "one statement at a time" if ";" in sql else "add --admin")
+        assert expected in err, err
+    assert tally("query", "SELECT count() FROM user_actions", "--data-dir", str(data_dir), "--format", "csv") == 0
+    assert capsys.readouterr().out == "count()\n8\n"  # the sample's rows, a redelivered copy among them

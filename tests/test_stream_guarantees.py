@@ -367,7 +367,7 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     worker = pipeline_env.worker("w1", "--admin-sql").start()  # the operator's DDL goes through it
     send(pipeline_env.bootstrap, topic, actions[:2000])
     worker.wait_consumed(2000)
-    worker.query("RENAME TABLE user_actions TO user_actions_offline")
+    worker.query("RENAME TABLE user_actions TO user_actions_offline", admin=True)
     send(pipeline_env.bootstrap, topic, actions[2000:])
     wait_for(lambda: any("failed (attempt 3)" in line for line in worker.problems(200)), timeout=60,
              what="the worker retrying the insert")
@@ -381,7 +381,7 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     time.sleep(2)
     assert worker.stats()["consumed"] == 2000  # still holding: backpressure, not skipping
 
-    worker.query("RENAME TABLE user_actions_offline TO user_actions")
+    worker.query("RENAME TABLE user_actions_offline TO user_actions", admin=True)
     stats = worker.wait_consumed(5000)
     assert (stats["delivered"], stats["dead_lettered"]) == (5000, 0)
     assert worker.query("SELECT count(), uniqExact(event_id) FROM user_actions FINAL") == [[5000, 5000]]
@@ -401,7 +401,7 @@ def test_rows_clickhouse_refuses_become_dead_letters_and_a_replay_stores_them(pi
         actions[index].command = "poison.refused"
     topic = pipeline_env.topics.user_actions
     worker = pipeline_env.worker("w1", "--admin-sql").start()  # the operator's DDL goes through it
-    worker.query("ALTER TABLE user_actions ADD CONSTRAINT no_poison CHECK command != 'poison.refused'")
+    worker.query("ALTER TABLE user_actions ADD CONSTRAINT no_poison CHECK command != 'poison.refused'", admin=True)
     send(pipeline_env.bootstrap, topic, actions)
     stats = worker.wait_consumed(len(actions))
     assert (stats["delivered"], stats["dead_lettered"]) == (1490, 10)
@@ -414,7 +414,7 @@ def test_rows_clickhouse_refuses_become_dead_letters_and_a_replay_stores_them(pi
              what="offsets committed past the refused rows")
     wait_for_metrics([worker], expected_metrics(actions))  # the events were valid: the users were active
 
-    worker.query("ALTER TABLE user_actions DROP CONSTRAINT no_poison")
+    worker.query("ALTER TABLE user_actions DROP CONSTRAINT no_poison", admin=True)
     replay = subprocess.run([sys.executable, "-m", "streams.cli", "dlq", "replay", "--reason", "refused_by_store",
                              "--bootstrap", pipeline_env.bootstrap, "--topic-prefix", pipeline_env.prefix],
                             capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)

@@ -50,6 +50,44 @@ def _looks_like_select(sql: str) -> bool:
 
 # ClickHouse's readonly=2: reads, and settings for the query itself; no writes, no DDL
 READ_ONLY = {"readonly": 2}
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_READ_STATEMENT = re.compile(r"(\(\s*)*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
+
+
+def single_statement(sql: str) -> str:
+    """The SQL without a trailing `;`; QueryError if it holds more than one statement. Embedded
+    ClickHouse would run them all, and a per-query setting (read-only) reaches only the last."""
+    quote = None
+    index, length = 0, len(sql)
+    while index < length:
+        char = sql[index]
+        if quote:
+            if char == "\\":
+                index += 1
+            elif char == quote:
+                quote = None
+        elif char in "'\"`":
+            quote = char
+        elif sql.startswith("--", index):
+            newline = sql.find("\n", index)
+            index = length if newline < 0 else newline
+        elif sql.startswith("/*", index):
+            end = sql.find("*/", index + 2)
+            index = length if end < 0 else end + 1
+        elif char == ";":
+            rest = sql[index + 1:]
+            if rest[_LEADING_COMMENTS.match(rest).end():]:
+                raise QueryError("one statement at a time: this SQL holds more than one (separated by ';')")
+            return sql[:index]
+        index += 1
+    return sql
+
+
+def is_read_statement(sql: str) -> bool:
+    """Whether the statement only reads (its first keyword, past comments). A read-only query that
+    is not one is refused before it is sent: on chDB a refused statement would leave the whole
+    session read-only (the per-call setting cannot be lifted again), the worker's inserts with it."""
+    return bool(_READ_STATEMENT.match(sql, _LEADING_COMMENTS.match(sql).end()))
 
 
 def run_query(client, sql: str, parameters: dict | None = None,
@@ -57,6 +95,9 @@ def run_query(client, sql: str, parameters: dict | None = None,
     """Column names and rows of `sql`; raises QueryError with ClickHouse's message."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
+    sql = single_statement(sql)
+    if settings is READ_ONLY and not is_read_statement(sql):
+        raise QueryError(not_a_read(sql))
     try:
         result = client.query(sql, parameters=parameters or None, settings=settings)
         columns, rows = list(result.column_names), [tuple(row) for row in result.result_rows]
@@ -66,18 +107,47 @@ def run_query(client, sql: str, parameters: dict | None = None,
                                      settings=settings)
             columns = [row[0] for row in described.result_rows]
     except ClickHouseError as exc:
-        raise QueryError(error_message(exc)) from None
+        raise QueryError(with_hint(error_message(exc), settings is READ_ONLY)) from None
     return columns, rows
 
 
-def handle_query_request(client, body: dict, read_only: bool = True) -> tuple[int, dict]:
-    """The worker's `POST /query`: {"sql", "parameters"} -> (HTTP status, JSON-able answer). Read-only
-    unless the worker was started with --admin-sql: the port may be reachable by more than its owner."""
+READ_KEYWORDS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN", "EXISTS")
+
+
+def not_a_read(sql: str) -> str:
+    """Why a statement is not run read-only, in the user's words: a change, or a mistyped keyword."""
+    import difflib
+
+    first = re.match(r"\w*", sql[_LEADING_COMMENTS.match(sql).end():]).group(0)
+    near = difflib.get_close_matches(first.upper(), READ_KEYWORDS, n=1, cutoff=0.6)
+    if first and near:
+        return f"{first!r} is not a keyword of a query; did you mean {near[0]}?"
+    return ("this SQL may change data or tables, and `tally query` and `tally report` only read: add "
+            "--admin to change them on purpose")
+
+
+def with_hint(message: str, read_only: bool) -> str:
+    """ClickHouse's message, with what to do when the cause is one a user of Tally meets."""
+    if read_only and ("readonly mode" in message or "Code: 164" in message):
+        return not_a_read("")
+    if "Code: 60" in message and re.search(r"\b(user_actions|dead_letters|user_profiles|kpi_\w+)\b", message):
+        return message + "; is this a Tally store? A worker creates its tables, or run `tally migrate`"
+    return message
+
+
+def handle_query_request(client, body: dict, admin_allowed: bool = False) -> tuple[int, dict]:
+    """The worker's `POST /query`: {"sql", "parameters", "admin"} -> (HTTP status, JSON-able answer).
+    Read-only unless the request asks for `"admin": true` and the worker was started with
+    --admin-sql: the port may be reachable by more than its owner."""
     if not isinstance(body, dict) or not isinstance(body.get("sql"), str) or not body["sql"].strip():
         return 400, {"error": 'expected a JSON object {"sql": "...", "parameters": {...}}'}
     parameters = body.get("parameters") or None
     if parameters is not None and not isinstance(parameters, dict):
         return 400, {"error": "parameters must be a JSON object"}
+    if body.get("admin") is True and not admin_allowed:
+        return 403, {"error": "this worker takes only reads (it was not started with --admin-sql): stop it and "
+                              "run the command again, or restart it with --admin-sql"}
+    read_only = body.get("admin") is not True
     try:
         columns, rows = run_query(client, body["sql"], parameters, READ_ONLY if read_only else None)
     except QueryError as exc:
@@ -86,24 +156,23 @@ def handle_query_request(client, body: dict, read_only: bool = True) -> tuple[in
 
 
 class DirectTarget:
-    """ClickHouse opened by this process (chDB data directory or a server)."""
+    """ClickHouse opened by this process (chDB data directory or a server); read-only unless `admin`."""
 
-    def __init__(self, client) -> None:
-        self.client = client
+    def __init__(self, client, admin: bool = False) -> None:
+        self.client, self.admin = client, admin
 
     def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
-        return run_query(self.client, sql, parameters)
+        return run_query(self.client, sql, parameters, None if self.admin else READ_ONLY)
 
 
 class WorkerTarget:
     """ClickHouse owned by a running worker, reached through its HTTP endpoint."""
 
-    def __init__(self, url: str, timeout: float = WORKER_TIMEOUT_SECONDS) -> None:
-        self.url = url
-        self.timeout = timeout
+    def __init__(self, url: str, timeout: float = WORKER_TIMEOUT_SECONDS, admin: bool = False) -> None:
+        self.url, self.timeout, self.admin = url, timeout, admin
 
     def query(self, sql: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
-        body = json.dumps({"sql": sql, "parameters": parameters or {}}, default=str).encode()
+        body = json.dumps({"sql": sql, "parameters": parameters or {}, "admin": self.admin}, default=str).encode()
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
@@ -142,23 +211,28 @@ def running_worker(data_dir: Path) -> dict | None:
     return marker if pid > 0 and port > 0 and _pid_alive(pid) else None
 
 
-def open_query_target(settings):
-    """Where `tally query` runs SQL: the live worker's endpoint for embedded chDB, else ClickHouse directly."""
+def open_query_target(settings, admin: bool = False):
+    """Where `tally query` runs SQL: the live worker's endpoint for embedded chDB, else ClickHouse
+    directly. Read-only unless `admin`; it never creates or migrates anything."""
     from streams.store import clickhouse
 
     if settings.is_embedded_clickhouse:
         worker = running_worker(settings.data_dir)
         if worker is not None:
-            return WorkerTarget(f"http://127.0.0.1:{int(worker['web_port'])}{WORKER_QUERY_PATH}")
+            return WorkerTarget(f"http://127.0.0.1:{int(worker['web_port'])}{WORKER_QUERY_PATH}", admin=admin)
+        store = Path(settings.data_dir) / "clickhouse"
+        if not store.is_dir():
+            raise QueryError(f"no Tally data in {settings.data_dir} ({store} does not exist): check --data-dir "
+                             f"(the demo's is .tally/demo; a worker's is its --data-dir, default .tally)")
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     try:
         client = clickhouse.connect(settings.clickhouse_dsn)
-        clickhouse.migrate(client)
-    except ClickHouseError as exc:
+        client.query("SELECT 1")
+    except (ClickHouseError, OSError) as exc:
         raise QueryError(f"cannot open ClickHouse at {_without_password(settings.clickhouse_dsn)}: "
                          f"{error_message(exc)}") from None
-    return DirectTarget(client)
+    return DirectTarget(client, admin=admin)
 
 
 def _without_password(dsn: str) -> str:
@@ -422,7 +496,7 @@ def cmd_query(args) -> int:
     settings = settings_from_args(args)
     try:
         parameters = _parse_assignments(args.param)
-        target = open_query_target(settings)
+        target = open_query_target(settings, admin=args.admin)
         parameters, notes = people.stored_ids(settings, target, parameters)
         _say(notes)
         columns, rows = target.query(args.sql, parameters or None)
@@ -474,6 +548,8 @@ def add_cli(subparsers) -> None:
     query.add_argument("--format", choices=sorted(FORMATTERS), default="table")
     query.add_argument("--param", action="append", metavar="NAME=VALUE",
                        help="a query parameter for {NAME:Type} in the SQL (repeatable)")
+    query.add_argument("--admin", action="store_true",
+                       help="let the SQL change data or tables (otherwise it runs read-only)")
     add_settings_args(query)
     query.set_defaults(func=cmd_query)
 

@@ -114,7 +114,7 @@ def register(app, pipeline) -> None:
             from streams.analyst.query import handle_query_request
             body = json.loads(await request.text() or "{}")
             status, answer = await asyncio.get_running_loop().run_in_executor(
-                None, handle_query_request, _LockedClient(pipeline.writer), body, not pipeline.settings.admin_sql)
+                None, handle_query_request, _LockedClient(pipeline.writer), body, pipeline.settings.admin_sql)
             return self.bytes(json.dumps(answer, default=str).encode(), status=status,
                               content_type="application/json")
 
