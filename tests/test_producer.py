@@ -67,6 +67,8 @@ def consume_actions(bootstrap: str, topic: str, expected: int) -> list[tuple[byt
     ("password", True), ("db_password", True), ("passwd", True), ("client_secret", True),
     ("access_token", True), ("csrftoken", True), ("api_key", True), ("apiKey", True), ("Authorization", True),
     ("credentials", True), ("cookie", True), ("private_key", True), ("auth", True),
+    ("connection", True), ("conn", True), ("dsn", True), ("warehouse_dsn", True), ("connection_string", True),
+    ("database_url", True), ("connection_id", False), ("connector", False),
     ("max_tokens", False), ("table_key", False), ("author", False), ("user", False), ("index", False),
 ])
 def test_secret_names(name, secret):

@@ -236,20 +236,29 @@ def test_hashed_key_keeps_distinct_values_distinct(tmp_path):
 
 def test_keys_are_matched_at_any_depth_and_spelling(scrubber):
     payload = {"table_key": "hive://gold.core/orders",
-               "conn": {"DB_Password": "pw1", "apiKey": "k1", "X-Auth-Token": "t1", "sql": "select 1",
+               "settings": {"DB_Password": "pw1", "apiKey": "k1", "X-Auth-Token": "t1", "sql": "select 1",
                         "warehouse_schema": "finance", "rows": [{"session_cookie": "c1"}]},
                "query_term": "orders"}
     scrubbed = scrubber.scrub_row(row(keyword_args_json=json.dumps(payload)))
     assert json.loads(scrubbed["keyword_args_json"]) == {
-        "table_key": "hive://gold.core/orders", "conn": {"rows": [{}]}, "query_term": "orders"}
+        "table_key": "hive://gold.core/orders", "settings": {"rows": [{}]}, "query_term": "orders"}
     assert scrubbed["scrubbed_fields"] == [
-        "keyword_args_json.conn.DB_Password:drop:secret_key",
-        "keyword_args_json.conn.apiKey:drop:secret_key",
-        "keyword_args_json.conn.X-Auth-Token:drop:secret_key",
-        "keyword_args_json.conn.sql:drop:query_text",
-        "keyword_args_json.conn.warehouse_schema:drop:schema_name",
-        "keyword_args_json.conn.rows[0].session_cookie:drop:secret_key",
+        "keyword_args_json.settings.DB_Password:drop:secret_key",
+        "keyword_args_json.settings.apiKey:drop:secret_key",
+        "keyword_args_json.settings.X-Auth-Token:drop:secret_key",
+        "keyword_args_json.settings.sql:drop:query_text",
+        "keyword_args_json.settings.warehouse_schema:drop:schema_name",
+        "keyword_args_json.settings.rows[0].session_cookie:drop:secret_key",
     ]
+
+
+@pytest.mark.parametrize("key", ["connection", "conn", "dsn", "warehouse_dsn", "connection_string",
+                                 "pg_connection_string", "database_url"])
+def test_values_under_connection_keys_are_dropped(scrubber, key):
+    """A bare password or a whole URL under a key named for a connection never reaches the store."""
+    scrubbed = scrubber.scrub_row(row(keyword_args_json=json.dumps({key: "Tr0ub4dor&3", "table": "orders"})))
+    assert json.loads(scrubbed["keyword_args_json"]) == {"table": "orders"}
+    assert scrubbed["scrubbed_fields"] == [f"keyword_args_json.{key}:drop:secret_key"]
 
 
 def test_email_keys_are_hashed_not_dropped(scrubber):

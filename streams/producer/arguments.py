@@ -11,7 +11,8 @@ DEFAULT_TOPIC = "user-actions"
 REDACTED = "[redacted]"
 # Names of keyword arguments and properties whose values never leave the process.
 SECRET_NAME = re.compile(
-    r"passw|passphrase|secret|token(?!s)|api[_-]?key|authoriz|credential|cookie|private[_-]?key|^auth$|_auth$",
+    r"passw|passphrase|secret|token(?!s)|api[_-]?key|authoriz|credential|cookie|private[_-]?key|^auth$|_auth$"
+    r"|^conn(ection)?$|dsn|conn(ection)?_str|database_url",
     re.IGNORECASE)
 AUTO = "auto"  # scrubber=AUTO: use streams.stages.scrub's default policy when that module is importable
 DropPolicy = Literal["oldest", "newest"]
