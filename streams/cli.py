@@ -54,13 +54,85 @@ def settings_from_args(args: argparse.Namespace, **extra):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the sub-command's own usage, not the list of every command
+        command_parser(parser, argv if argv is not None else sys.argv[1:]).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command != "worker" and args.log_level.upper() == "WARNING":
         # a command reports a broker it cannot reach in one line of its own; the client's
         # connection errors and retries would only repeat it (the worker keeps them in its log)
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return int(args.func(args) or 0)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_clients_quiet)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `tally ... | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = expected_failure(exc, args)
+        if message is None or args.log_level.upper() == "DEBUG":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+NOISY_CLIENTS = ("aiokafka", "urllib3", "clickhouse_connect")
+
+
+def _clients_quiet(record: logging.LogRecord) -> bool:
+    """Drop the Kafka and HTTP clients' own retry and connection messages (below CRITICAL)."""
+    return record.levelno >= logging.CRITICAL or not record.name.startswith(NOISY_CLIENTS)
+
+
+def command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The innermost sub-command parser the arguments name (`tally dlq inspect` -> inspect's)."""
+    for word in argv:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if actions and word in actions[0].choices:
+            parser = actions[0].choices[word]
+    return parser
+
+
+def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a failure a user can meet by the book (the cause, what to do); None for a bug."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    from streams.store.clickhouse import StoreUnavailable, first_line, redact
+    from streams.store.pseudonym_key import KeyMismatch
+
+    bootstrap = getattr(args, "bootstrap", None) or "the broker"
+    if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "connect" in str(exc).lower()):
+        return (f"cannot reach Kafka at {bootstrap}: start it (`tally broker start`) or pass --bootstrap "
+                f"(env TALLY_BOOTSTRAP)")
+    if isinstance(exc, KafkaError):
+        return f"Kafka at {bootstrap} answered {type(exc).__name__}: {exc}; is the broker healthy (`tally broker status`)?"
+    from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+    if isinstance(exc, OperationalError):
+        target = getattr(args, "clickhouse", None) or "ClickHouse"
+        return (f"cannot reach ClickHouse at {redact(target)}: is the server up and the URL right "
+                f"(--clickhouse, env TALLY_CLICKHOUSE)?")
+    if isinstance(exc, (StoreUnavailable, KeyMismatch)):
+        return str(exc)
+    if isinstance(exc, ClickHouseError):
+        return f"ClickHouse refused: {first_line(exc)}"
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return f"{exc.filename or exc}: {exc.strerror}"
+    return None
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

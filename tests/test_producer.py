@@ -559,3 +559,9 @@ def test_publish_of_a_missing_file_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"cannot read {tmp_path / 'missing.jsonl'}: No such file or directory; give a JSON-lines file, or - for standard input"]
+
+
+def test_a_json_line_cut_short_is_reported_where_it_ends():
+    reasons = [reason for _, _, reason in parse_lines(['{"command": "x", "user": "u"\n', '{not json}\n'], "a")]
+    assert reasons == ["not JSON: it ends before its object or list is closed (column 29)",
+                       "not JSON: Expecting property name enclosed in double quotes at column 2"]

@@ -4,7 +4,7 @@ import pytest
 from streams.stages import outcome
 from streams.contract import UserAction
 from streams.stages.outcome import Rejected
-from streams.stages.validate import DAY_MS, Limits, check, decode, parse_json_field
+from streams.stages.validate import DAY_MS, Limits, check, decode, human_duration, parse_json_field
 
 NOW = 1_764_000_000_000
 LIMITS = Limits()
@@ -101,3 +101,10 @@ def test_a_batch_gives_each_message_the_reason_it_gets_alone(name, raw, watermar
     assert [letter.reason for letter in result.dead_letters] == ([expected] if expected else [])
     kept = ["e1"] if expected is None else []
     assert result.columns["event_id"] == (["before", *kept, "after"] if neighbours else kept)
+
+
+@pytest.mark.parametrize("ms, said", [(850, "850 ms"), (4200, "4.2 s"), (12 * 60_000, "12 min"),
+                                      (185 * 60_000, "3 h 5 min"), (2 * 3_600_000, "2 h"),
+                                      (32_169_004_000, "372 days 7 h"), (86_400_000, "1 day")])
+def test_durations_in_details_are_said_in_days_and_hours(ms, said):
+    assert human_duration(ms) == said

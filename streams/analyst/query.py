@@ -107,8 +107,19 @@ def run_query(client, sql: str, parameters: dict | None = None,
                                      settings=settings)
             columns = [row[0] for row in described.result_rows]
     except ClickHouseError as exc:
-        raise QueryError(with_hint(error_message(exc), settings is READ_ONLY)) from None
+        raise QueryError(with_hint(in_user_terms(error_message(exc), sql), settings is READ_ONLY)) from None
     return columns, rows
+
+
+def in_user_terms(message: str, sql: str) -> str:
+    """ClickHouse's message about the SQL as the user typed it: without the settings and format
+    clauses the driver appends, and a syntax error past the end said as such."""
+    message = re.sub(r"\s*SETTINGS readonly = '?2'?|\s*FORMAT Native", "", message)
+    position = re.search(r"Syntax error: failed at position (\d+)", message)
+    if position and int(position.group(1)) > len(sql.rstrip()):
+        return ("Syntax error: the SQL ends too early (after "
+                f"{sql.rstrip()[-40:]!r}); something is missing at its end")
+    return message
 
 
 READ_KEYWORDS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN", "EXISTS")
@@ -230,8 +241,10 @@ def open_query_target(settings, admin: bool = False):
         client = clickhouse.connect(settings.clickhouse_dsn)
         client.query("SELECT 1")
     except (ClickHouseError, OSError) as exc:
-        raise QueryError(f"cannot open ClickHouse at {_without_password(settings.clickhouse_dsn)}: "
-                         f"{error_message(exc)}") from None
+        from clickhouse_connect.driver.exceptions import OperationalError
+        reason = ("cannot connect; is the server up and the URL right (--clickhouse, env TALLY_CLICKHOUSE)?"
+                  if isinstance(exc, OperationalError) else error_message(exc))
+        raise QueryError(f"cannot open ClickHouse at {_without_password(settings.clickhouse_dsn)}: {reason}") from None
     return DirectTarget(client, admin=admin)
 
 

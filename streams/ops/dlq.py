@@ -261,10 +261,10 @@ async def replay(bootstrap: str, dlq_topic: str, input_topic: str, reason: str,
     from aiokafka import AIOKafkaProducer
     tally = ReplayTally(reason=reason)
     producer = None
-    if not dry_run:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-        await producer.start()
     try:
+        if not dry_run:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=10)
+            await producer.start()
         partitions = await topic_partitions(bootstrap, dlq_topic)
         async for batch in read_dead_letters(bootstrap, dlq_topic, since, partition_numbers=partitions):
             selected = select_for_replay(batch, reason, since)

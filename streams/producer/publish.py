@@ -195,10 +195,14 @@ def parse_lines(lines: Iterable[str], default_app: str | None) -> Iterator[tuple
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        text = line.rstrip("\r\n")
         try:
-            yield number, action_from_json(json.loads(line), default_app, host), ""
+            yield number, action_from_json(json.loads(text), default_app, host), ""
         except json.JSONDecodeError as exc:
-            yield number, None, f"not JSON: {exc.msg} at column {exc.colno}"
+            if exc.pos >= len(text.rstrip()):
+                yield number, None, f"not JSON: it ends before its object or list is closed (column {exc.colno})"
+            else:
+                yield number, None, f"not JSON: {exc.msg} at column {exc.colno}"
         except ValueError as exc:
             yield number, None, str(exc)
 

@@ -103,11 +103,11 @@ def check(action: UserAction, limits: Limits, now_ms: int, size: int | None = No
     if start < EARLIEST_PLAUSIBLE_MS:
         raise Rejected(IMPLAUSIBLE_TIMESTAMP, f"start_epoch_ms {start} is before 2000-01-01 (seconds, not ms?)")
     if end and end < start:
-        raise Rejected(END_BEFORE_START, f"end_epoch_ms {end} is {start - end} ms before start_epoch_ms")
+        raise Rejected(END_BEFORE_START, f"end_epoch_ms {end} is {human_duration(start - end)} before start_epoch_ms")
     if end and end - start > limits.max_duration_ms:
-        raise Rejected(INVALID_FIELD, f"duration {end - start} ms is over {limits.max_duration_ms} ms")
+        raise Rejected(INVALID_FIELD, f"duration {human_duration(end - start)} is over {human_duration(limits.max_duration_ms)}")
     if start > now_ms + limits.max_future_ms:
-        raise Rejected(FUTURE_TIMESTAMP, f"start_epoch_ms {start} is {start - now_ms} ms ahead of the clock")
+        raise Rejected(FUTURE_TIMESTAMP, f"start_epoch_ms {start} is {human_duration(start - now_ms)} ahead of the clock")
 
 
 def parse_json_field(action: UserAction, name: str, expected: type):
@@ -179,3 +179,19 @@ def suspects(fields: dict[str, list], sizes: list[int], limits: Limits, now_ms: 
     if max(sizes) > limits.max_field_bytes:  # only then can a message or one of its fields be too big
         found.update(index for index, size in enumerate(sizes) if size > limits.max_field_bytes)
     return found
+
+
+def human_duration(ms: int) -> str:
+    """A span as a person says it: 850 ms, 4.2 s, 12 min, 3 h 5 min, 372 days 7 h."""
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes = ms // 60_000
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} day{'s' if days != 1 else ''} {hours} h" if hours else f"{days} day{'s' if days != 1 else ''}"
