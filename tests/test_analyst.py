@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import publish
+from streams.analyst import output
 from streams.analyst import query as analyst
 from streams.store import clickhouse
 from streams.analyst import kpis
@@ -60,7 +61,7 @@ def tally(*argv) -> int:
 # ---- formatting (pure) -----------------------------------------------------------------------
 
 def test_format_table_aligns_and_counts_rows():
-    text = analyst.format_table(["day", "users", "rate"], [(DAY, 12, 33.3333), (DAY, 7, None)])
+    text = output.format_table(["day", "users", "rate"], [(DAY, 12, 33.3333), (DAY, 7, None)])
     assert text.splitlines() == [
         "day         users   rate",
         "----------  -----  -----",
@@ -71,14 +72,14 @@ def test_format_table_aligns_and_counts_rows():
 
 
 def test_format_table_cuts_long_cells_and_keeps_one_line_per_row():
-    text = analyst.format_table(["error"], [("x" * 100 + "\nsecond line",)], max_cell=20)
+    text = output.format_table(["error"], [("x" * 100 + "\nsecond line",)], max_cell=20)
     assert text.splitlines()[2] == "x" * 19 + "…"
 
 
 def test_csv_and_json_keep_full_values():
     columns, rows = ["ds", "rate", "note"], [(DAY, 1 / 3, None)]
-    assert analyst.format_csv(columns, rows) == f"ds,rate,note\n2024-05-06,{1 / 3!r},\n"
-    assert json.loads(analyst.format_json(columns, rows)) == [{"ds": "2024-05-06", "rate": 1 / 3, "note": None}]
+    assert output.format_csv(columns, rows) == f"ds,rate,note\n2024-05-06,{1 / 3!r},\n"
+    assert json.loads(output.format_json(columns, rows)) == [{"ds": "2024-05-06", "rate": 1 / 3, "note": None}]
 
 
 @pytest.mark.parametrize("values,line", [
@@ -89,7 +90,7 @@ def test_csv_and_json_keep_full_values():
     ([], ""),
 ])
 def test_sparkline(values, line):
-    assert analyst.sparkline(values) == line
+    assert output.sparkline(values) == line
 
 
 def test_error_message_takes_the_clickhouse_line_out_of_driver_wrapping():
@@ -103,10 +104,10 @@ def test_chart_html_is_self_contained_with_one_series_per_variant():
     columns = ["week", "variant", "active_users", "returned_users", "retention_percent"]
     rows = [(DAY, "false", 10, 5, 50.0), (DAY, "true", 10, 7, 70.0),
             (DAY + dt.timedelta(weeks=1), "false", 8, 2, 25.0), (DAY + dt.timedelta(weeks=1), "true", 9, 3, 100 / 3)]
-    series = analyst.chart_series(columns, rows, kpi.chart)
+    series = output.chart_series(columns, rows, kpi.chart)
     assert series == {"false": [("2024-05-06", 50.0), ("2024-05-13", 25.0)],
                       "true": [("2024-05-06", 70.0), ("2024-05-13", 100 / 3)]}
-    page = analyst.report_html("retention", "k=1", analyst.chart_svg(series, "line", "retention_percent"),
+    page = output.report_html("retention", "k=1", output.chart_svg(series, "line", "retention_percent"),
                                columns, rows)
     assert page.count("<polyline") == 2 and "<table>" in page
     assert "<script" not in page and "src=" not in page and "href=" not in page
@@ -126,7 +127,7 @@ def test_handle_query_request(ch):
 
     status, answer = analyst.handle_query_request(ch, {"sql": "SELEC 1"})
     assert (status, answer["error"]) == (400, "'SELEC' is not a keyword of a query; did you mean SELECT?")
-    status, answer = analyst.handle_query_request(ch, {"sql": "SELECT FROM WHERE"})
+    status, answer = analyst.handle_query_request(ch, {"sql": "SELECT 1 FROM WHERE x"})
     assert status == 400 and answer["error"].startswith("Code: 62. DB::Exception: Syntax error")
     assert "\n" not in answer["error"]
 
@@ -348,3 +349,15 @@ def test_a_query_through_the_worker_changes_nothing_and_admin_is_refused_there(r
         assert expected in err, err
     assert tally("query", "SELECT count() FROM user_actions", "--data-dir", str(data_dir), "--format", "csv") == 0
     assert capsys.readouterr().out == "count()\n8\n"  # the sample's rows, a redelivered copy among them
+
+
+def test_a_mistyped_app_is_named_with_the_known_ones(data_dir, capsys):
+    assert tally("report", "dau", "--app", "amundsn", "--data-dir", str(data_dir), "--no-chart") == 0
+    captured = capsys.readouterr()
+    assert "(0 rows)" in captured.out
+    assert "note: no events of app 'amundsn'; did you mean 'amundsen'?" in captured.err
+
+
+def test_a_date_range_that_holds_no_day_is_an_error(data_dir, capsys):
+    assert tally("report", "dau", "--since", "2026-12-01", "--until", "2026-11-01", "--data-dir", str(data_dir)) == 2
+    assert capsys.readouterr().err == "error: --since 2026-12-01 is after --until 2026-11-01: no day is in between\n"

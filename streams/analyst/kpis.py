@@ -302,4 +302,7 @@ def bind_params(kpi: Kpi, given: dict, today: dt.date | None = None) -> dict:
         if value is None:
             raise KpiError(f"{kpi.name} needs --{name} ({param.help})")
         bound[name] = _coerce(name, param, value, today)
+    since, until = bound.get("since"), bound.get("until")
+    if isinstance(since, dt.date) and isinstance(until, dt.date) and since > until:
+        raise KpiError(f"--since {since} is after --until {until}: no day is in between")
     return bound

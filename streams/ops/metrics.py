@@ -91,7 +91,8 @@ def add_cli(subparsers) -> None:
 def _cli_metrics(args) -> int:
     import sys
 
-    from streams.analyst.query import format_table, running_worker
+    from streams.analyst.output import format_table
+    from streams.analyst.query import running_worker
     from streams.cli import settings_from_args
     settings = settings_from_args(args)
     worker = running_worker(settings.data_dir)
