@@ -102,7 +102,7 @@ def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None
     """One line for a failure a user can meet by the book (the cause, what to do); None for a bug."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from streams.store.clickhouse import StoreUnavailable, first_line, redact
+    from streams.store.clickhouse import failure_line as store_failure_line
     from streams.store.pseudonym_key import KeyMismatch
 
     bootstrap = getattr(args, "bootstrap", None) or "the broker"
@@ -111,15 +111,11 @@ def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None
                 f"(env TALLY_BOOTSTRAP)")
     if isinstance(exc, KafkaError):
         return f"Kafka at {bootstrap} answered {type(exc).__name__}: {exc}; is the broker healthy (`tally broker status`)?"
-    from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
-    if isinstance(exc, OperationalError):
-        target = getattr(args, "clickhouse", None) or "ClickHouse"
-        return (f"cannot reach ClickHouse at {redact(target)}: is the server up and the URL right "
-                f"(--clickhouse, env TALLY_CLICKHOUSE)?")
-    if isinstance(exc, (StoreUnavailable, KeyMismatch)):
+    store_failure = store_failure_line(exc, getattr(args, "clickhouse", None) or "")
+    if store_failure:
+        return store_failure
+    if isinstance(exc, KeyMismatch):
         return str(exc)
-    if isinstance(exc, ClickHouseError):
-        return f"ClickHouse refused: {first_line(exc)}"
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{exc.filename or exc}: {exc.strerror}"
     return None

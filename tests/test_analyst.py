@@ -127,7 +127,7 @@ def test_handle_query_request(ch):
 
     status, answer = analyst.handle_query_request(ch, {"sql": "SELEC 1"})
     assert (status, answer["error"]) == (400, "'SELEC' is not a keyword of a query; did you mean SELECT?")
-    status, answer = analyst.handle_query_request(ch, {"sql": "SELECT 1 FROM WHERE x"})
+    status, answer = analyst.handle_query_request(ch, {"sql": "SELECT (1 FROM user_actions"})
     assert status == 400 and answer["error"].startswith("Code: 62. DB::Exception: Syntax error")
     assert "\n" not in answer["error"]
 

@@ -111,6 +111,19 @@ def redact(dsn: str) -> str:
     return dsn.replace(f":{url.password}@", ":***@") if url.password else dsn
 
 
+def failure_line(exc: BaseException, dsn: str) -> str | None:
+    """One line for a ClickHouse failure a user meets by the book; None when it is not one."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+    if isinstance(exc, OperationalError):
+        return (f"cannot reach ClickHouse at {redact(dsn) or 'the server'}: is the server up and the URL right "
+                f"(--clickhouse, env TALLY_CLICKHOUSE)?")
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, ClickHouseError):
+        return f"ClickHouse refused: {first_line(exc)}"
+    return None
+
+
 def connect_and_migrate(dsn: str, policy, sleep=time.sleep):
     """Connect and migrate, waiting for a server that is down (with backoff, logged) rather than
     failing the worker. An embedded data directory owned by another process fails at once: waiting
