@@ -28,6 +28,9 @@ def test_demo_runs_end_to_end_and_its_live_counts_match_clickhouse(bootstrap, tm
     assert said and said.group(1) == said.group(3) and int(said.group(1)) > 0, out[-2000:]
     stored = int(re.findall(r"stored\s+([\d,]+)", out)[-1].replace(",", ""))
     assert stored > 0 and "stopped." in out
+    # a normal start, run and stop: nothing in the worker's log asks for a person
+    log = (tmp_path / "demo" / "worker.log").read_text()
+    assert [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line] == []
 
     # the lookup the demo suggests finds that person by email, with no worker running
     lookup = re.search(r"looked up by email: tally (report user_stats .*)", out)

@@ -11,6 +11,7 @@ import pytest
 from faust.types import TP, Message
 
 from streams.runtime import kafka_internals
+from streams.runtime.routine_logs import ROUTINE
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +58,12 @@ def test_a_message_can_be_marked_acked():
 @pytest.mark.parametrize("name", ["add_topic", "force_metadata_update"])
 def test_aiokafka_client_has(name):
     assert callable(getattr(aiokafka.client.AIOKafkaClient, name, None)), f"AIOKafkaClient.{name} is gone"
+
+
+@pytest.mark.parametrize("logger_name, start", ROUTINE)
+def test_each_routine_message_is_still_said_by_its_library(logger_name, start):
+    """The worker says these at INFO (streams/runtime/routine_logs.py); if a library rewords one,
+    this fails by its name and the message would come back at WARNING/ERROR."""
+    import importlib
+    module = importlib.import_module(logger_name)
+    assert start in inspect.getsource(module), f"{logger_name} no longer logs {start!r}"

@@ -24,10 +24,12 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
     from streams.store import pseudonym_key
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from streams.runtime.routine_logs import say_routine_at_info
+    say_routine_at_info()
     if not settings.hmac_key:
         settings = pseudonym_key.with_key(settings, create=True)
-        log.warning("pseudonym key: %s (TALLY_HMAC_KEY is not set); workers that share partitions "
-                    "must share one key: set TALLY_HMAC_KEY", pseudonym_key.key_path(settings.data_dir))
+        log.info("pseudonym key: %s (TALLY_HMAC_KEY is not set); workers that share partitions "
+                 "must share one key: set TALLY_HMAC_KEY", pseudonym_key.key_path(settings.data_dir))
     counts, compacted = pipeline_topics(settings)
     asyncio.run(create_topics(settings.bootstrap, counts, compacted))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
