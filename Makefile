@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install proto bench clean
 
+# Each set-up step says what it does and how long it took; a step already done is skipped.
+STEP = @start=$$(date +%s); echo "==> $(1)"; $(2) && echo "    done in $$(( $$(date +%s) - start )) s"
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m streams.ops.broker fetch-jars
-	touch $(STAMP)
+	$(call STEP,creating the virtualenv $(VENV),$(PYTHON) -m venv $(VENV))
+	$(call STEP,upgrading pip,$(BIN)/pip install -q --upgrade pip)
+	$(call STEP,installing Tally and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
+	$(call STEP,fetching the Kafka jars with Maven (once; cached in ~/.cache/tally),$(BIN)/python -m streams.ops.broker fetch-jars)
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -72,9 +72,10 @@ class Broker:
             raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars from Maven Central")
         self.jar_cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.jar_cache}", "-DincludeScope=runtime"],
-            check=True)
+            ["mvn", "-q", "-B", "--no-transfer-progress", "-Dstyle.color=never", "-f", str(POM),
+             "dependency:copy-dependencies", f"-DoutputDirectory={self.jar_cache}", "-DincludeScope=runtime"],
+            check=True, env={**os.environ, "MAVEN_OPTS": os.environ.get("MAVEN_OPTS", "") + " -Djansi.passthrough=false",
+                             "TERM": "dumb"})
         marker.touch()
         return self.jar_cache
 
@@ -264,4 +265,4 @@ def _cli_broker(args) -> int:
 if __name__ == "__main__":  # `python -m streams.ops.broker fetch-jars`: used by `make install`
     import sys
     if sys.argv[1:] == ["fetch-jars"]:
-        print(Broker(home=Path(".")).fetch_jars())
+        print(f"Kafka jars in {Broker(home=Path('.')).fetch_jars()}")

@@ -89,6 +89,8 @@ def run_demo(args) -> int:
 
     data_dir = Path(args.data_dir or ".tally/demo")
     if data_dir.exists() and not args.keep:
+        print(f"removing the previous demo's data in {data_dir} (its broker, store and key; --keep keeps them) ...",
+              flush=True)
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)
