@@ -140,6 +140,14 @@ class WorkerProcess:
         assert "rows" in answer, answer
         return answer["rows"]
 
+    def wait_assigned(self, partitions: int = 4, timeout: float = 120.0) -> "WorkerProcess":
+        """Wait until the worker owns `partitions` input partitions (it has joined its group)."""
+        deadline = time.monotonic() + timeout
+        while len(self.stats()["consumer_lag"]) < partitions:
+            assert self.process.poll() is None and time.monotonic() < deadline, f"not assigned: {self.log_tail()}"
+            time.sleep(0.3)
+        return self
+
     def wait_consumed(self, count: int, timeout: float = 180.0) -> dict:
         """Wait until the worker has accounted for `count` input offsets (and inserted them)."""
         deadline = time.monotonic() + timeout
@@ -214,3 +222,24 @@ async def publish(bootstrap: str, topic: str, values: list[tuple[bytes | None, b
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of `topic`, from its beginning to its end as of now (the tests' one reader)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")  # subscribed first: the topic's metadata is fetched
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.unsubscribe()
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list = []
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()

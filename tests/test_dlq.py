@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from conftest import read_topic
 from streams.cli import main
 from streams.contract import DeadLetter, UserAction
 from streams.ops.dlq import (REPLAY_HEADER, SCRUBBED_HEADER, UNREADABLE, DeadLetterRecord, Inspection, ReplayTally,
@@ -136,22 +137,6 @@ async def _publish(bootstrap: str, topic: str, letters: list[DeadLetter]) -> Non
         await producer.stop()
 
 
-async def _consume_all(bootstrap: str, topic: str, expected: int) -> list:
-    from aiokafka import AIOKafkaConsumer
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
-    messages = []
-    try:
-        for _ in range(30):  # up to 30 polls of 1 s; the assertion below says what was missing
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                messages += batch
-            if len(messages) >= expected:
-                break
-    finally:
-        await consumer.stop()
-    return messages
-
-
 @pytest.mark.kafka
 def test_inspect_and_replay_on_the_broker(bootstrap, new_topic, capsys):
     dlq_topic, input_topic = new_topic("dlq", partitions=2), new_topic("user-actions", partitions=2)
@@ -182,7 +167,7 @@ def test_inspect_and_replay_on_the_broker(bootstrap, new_topic, capsys):
     since_offset = output.split("--since-offset ")[1].split()[0]
     assert since_offset.count(":") == 2  # one offset per DLQ partition
 
-    arrived = asyncio.run(_consume_all(bootstrap, input_topic, expected=3))
+    arrived = asyncio.run(read_topic(bootstrap, input_topic))
     assert sorted(m.value for m in arrived) == sorted(l.scrubbed_payload for l in schema_v2)
     assert sorted(m.key for m in arrived) == [b"user-0", b"user-1", b"user-2"]
     assert all(dict(m.headers)[SCRUBBED_HEADER] == b"1" for m in arrived)

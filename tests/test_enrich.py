@@ -4,11 +4,23 @@ import datetime as dt
 import pytest
 
 from streams.contract import UserAction
-from streams.stages.enrich import (SESSION_GAP_MS, assign_session, close_sessions, event_name, extract_properties,
-                            join_profile, load_mapping, to_row)
+from streams.stages.enrich import (KPI_COLUMNS, SESSION_GAP_MS, assign_sessions, build_columns, close_sessions,
+                                   event_name, join_profiles, load_mapping, rows_of)
 from streams.stages.outcome import Source
+from streams.stages.validate import read_fields
 
 MAPPING = load_mapping()
+
+
+def one_row(action: UserAction, kwargs: dict | None = None, source: Source = Source("user-actions", 0, 0)) -> dict:
+    """The row the pipeline's column path (`build_columns`) makes of one action."""
+    actions = [action]
+    return rows_of(build_columns(read_fields(actions), actions, [source], [kwargs or {}], [[]], MAPPING, 1))[0]
+
+
+def session(open_sessions: dict, ts: int, user: str = "ann", session_id: str = "") -> str:
+    """The session the pipeline's `assign_sessions` gives one event."""
+    return assign_sessions({"user": [user], "ts": [ts], "session_id": [session_id]}, open_sessions)["session_id"][0]
 
 
 @pytest.mark.parametrize("command,name", [
@@ -44,8 +56,9 @@ def test_event_names(command, name):
      {"resource_key": "t-9"}),
 ])
 def test_property_extraction(app, kwargs, props, fields, expected):
-    action = UserAction(app=app, properties=props, **fields)
-    assert extract_properties(action, kwargs, [], MAPPING) == expected
+    row = one_row(UserAction(app=app, properties=props, **fields), kwargs)
+    assert {name: row[name] for name in KPI_COLUMNS} == {**dict.fromkeys(KPI_COLUMNS, ""), "result_index": None,
+                                                         **expected}
 
 
 def test_bad_mapping_is_a_clear_error(tmp_path):
@@ -59,54 +72,49 @@ def test_row_derives_time_columns():
     saturday_noon = int(dt.datetime(2026, 3, 7, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
     action = UserAction(event_id="e", app="amundsen", user="u", command="_get_table_metadata",
                         start_epoch_ms=saturday_noon, end_epoch_ms=saturday_noon + 250, error="boom")
-    row = to_row(action, Source("user-actions", 3, 42), {}, [], MAPPING, ingested_ms=1)
+    row = one_row(action, source=Source("user-actions", 3, 42))
     assert (row["ds"], row["is_weekend"], row["duration_ms"], row["has_error"]) == (dt.date(2026, 3, 7), 1, 250, 1)
     assert (row["event_name"], row["kafka_partition"], row["kafka_offset"]) == ("Get Table Metadata", 3, 42)
 
 
 def test_profile_join_and_missing_profile():
-    row = {"user_email": "", "user_title": "", "user_team": "", "ab_flags": {}}
-    join_profile(row, {"email": "u_1", "title": "Analyst", "team": "growth", "ab_flags": {"new_ui": "true"}})
-    assert (row["user_title"], row["ab_flags"]) == ("Analyst", {"new_ui": "true"})
-    untouched = {"user_title": ""}
-    assert join_profile(untouched, None) == {"user_title": ""}
+    columns = {"user": ["ann", "bob"], "user_email": ["", ""], "user_title": ["", ""], "user_team": ["", ""],
+               "ab_flags": [{}, {}]}
+    join_profiles(columns, {"ann": {"email": "u_1", "title": "Analyst", "team": "growth", "ab_flags": {"new_ui": "true"}}})
+    assert columns == {"user": ["ann", "bob"], "user_email": ["u_1", ""], "user_title": ["Analyst", ""],
+                       "user_team": ["growth", ""], "ab_flags": [{"new_ui": "true"}, {}]}
 
 
 def test_sessions_split_after_30_minutes_idle_and_keep_producer_ids():
     sessions = {}
-    rows = [{"user": "ann", "ts": t, "session_id": ""} for t in (0, 60_000, 60_000 + SESSION_GAP_MS + 1)]
-    rows.append({"user": "ann", "ts": 60_000 + SESSION_GAP_MS + 2, "session_id": "from-sdk"})
-    ids = [assign_session(r, sessions)["session_id"] for r in rows]
+    times = [0, 60_000, 60_000 + SESSION_GAP_MS + 1]
+    columns = {"user": ["ann"] * 4, "ts": times + [times[-1] + 1], "session_id": ["", "", "", "from-sdk"]}
+    ids = assign_sessions(columns, sessions)["session_id"]
     assert ids[0] == ids[1] != ids[2]
     assert ids[3] == "from-sdk"
-    # a replay derives the same ids
+    # a replay, event by event, derives the same ids
     replay = {}
-    assert [assign_session({"user": "ann", "ts": r["ts"], "session_id": ""}, replay)["session_id"]
-            for r in rows[:3]] == ids[:3]
+    assert [session(replay, ts) for ts in times] == ids[:3]
 
 
 def test_a_late_event_joins_the_session_it_belongs_to_not_a_later_one():
     hour = 60 * 60_000
     sessions = {}
-
-    def session(ts):
-        return assign_session({"user": "ann", "ts": ts, "session_id": ""}, sessions)["session_id"]
-
-    morning = session(8 * hour)
-    afternoon = session(14 * hour)
-    assert session(8 * hour + 10 * 60_000) != afternoon      # hours late: not the afternoon's session
-    assert session(14 * hour - 10 * 60_000) == afternoon     # minutes before it: still the same visit
-    assert session(14 * hour + 5 * 60_000) == afternoon
+    morning = session(sessions, 8 * hour)
+    afternoon = session(sessions, 14 * hour)
+    assert session(sessions, 8 * hour + 10 * 60_000) != afternoon      # hours late: not the afternoon's session
+    assert session(sessions, 14 * hour - 10 * 60_000) == afternoon     # minutes before it: still the same visit
+    assert session(sessions, 14 * hour + 5 * 60_000) == afternoon
     assert morning != afternoon
 
 
 def test_quiet_sessions_are_forgotten_without_changing_any_id():
     rows = [("ann", 0), ("bob", 0), ("ann", 20 * 60_000), ("bob", 3 * 86_400_000), ("ann", 3 * 86_400_000)]
     kept, pruned = {}, {}
-    ids_kept = [assign_session({"user": u, "ts": t, "session_id": ""}, kept)["session_id"] for u, t in rows]
+    ids_kept = [session(kept, t, u) for u, t in rows]
     ids_pruned = []
     for user, ts in rows:
-        ids_pruned.append(assign_session({"user": user, "ts": ts, "session_id": ""}, pruned)["session_id"])
+        ids_pruned.append(session(pruned, ts, user))
         close_sessions(pruned, ts - SESSION_GAP_MS - 1)
     assert ids_pruned == ids_kept
     close_sessions(pruned, 3 * 86_400_000 + 1)  # both users quiet since their last event

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_topic
 from streams.contract import UserAction, partition_for_user
 from streams.producer.generator import APPS, generate_actions, generate_profiles, ground_truth, partition_key
 from streams.producer.publish import parse_lines
@@ -148,7 +149,6 @@ def test_generate_jsonl_is_readable_by_publish_and_matches_the_truth(tmp_path):
 
 @pytest.mark.kafka
 def test_generate_publishes_profiles_and_actions(bootstrap, new_topic, tmp_path):
-    from aiokafka import AIOKafkaConsumer
     from streams.contract import UserProfile
 
     actions_topic, profiles_topic = new_topic("gen"), new_topic("profiles", compacted=True)
@@ -160,22 +160,7 @@ def test_generate_publishes_profiles_and_actions(bootstrap, new_topic, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "published 300 events" in done.stdout
 
-    async def read_all(topic: str, expected: int) -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        records: list = []
-        try:
-            for _ in range(120):
-                if len(records) >= expected:
-                    break
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-        finally:
-            await consumer.stop()
-        return records
-
-    records = asyncio.run(read_all(actions_topic, 300))
+    records = asyncio.run(read_topic(bootstrap, actions_topic))
     received = [UserAction.FromString(r.value) for r in records]
     # keyed by the user id as sent, which the pipeline partitions by: each in its user's partition
     key = partition_key()
@@ -184,5 +169,5 @@ def test_generate_publishes_profiles_and_actions(bootstrap, new_topic, tmp_path)
     truth = json.loads(truth_file.read_text())["apps"]
     assert ground_truth(received)["*"]["daily_users"] == truth["*"]["daily_users"]
     assert len({a.event_id for a in received}) == 300
-    profiles = [UserProfile.FromString(r.value) for r in asyncio.run(read_all(profiles_topic, 40))]
+    profiles = [UserProfile.FromString(r.value) for r in asyncio.run(read_topic(bootstrap, profiles_topic))]
     assert len({p.user for p in profiles}) == 40

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_topic
 from streams.ops.broker import Broker, create_topics, free_port
 from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch, is_envelope, partition_for_user
 from streams.producer import Tracker, action_logging
@@ -36,23 +37,16 @@ def actions_of(record) -> list[UserAction]:
 
 
 async def _consume(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Every record of `topic` from the beginning: wait for `expected` actions, then one more poll for extras."""
-    from aiokafka import AIOKafkaConsumer
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while sum(len(actions_of(r)) for r in records) < expected and loop.time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        for batch in (await consumer.getmany(timeout_ms=1500)).values():  # duplicates would show up here
-            records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+    """Every record of `topic`: read to its end until `expected` actions are there (or `timeout`),
+    then once more, where duplicates would show up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    records = await read_topic(bootstrap, topic)
+    while sum(len(actions_of(r)) for r in records) < expected and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        records = await read_topic(bootstrap, topic)
+    await asyncio.sleep(1.0)
+    return await read_topic(bootstrap, topic)
 
 
 def consume_actions(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, UserAction]]:

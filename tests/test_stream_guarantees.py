@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from conftest import publish
+from conftest import publish, read_topic
 from streams.runtime.app import PARTIALS_TOPIC, Pipeline
 from streams.ops.broker import create_topics
 from streams.runtime.kafka_internals import track_topics
@@ -27,34 +27,6 @@ pytestmark = pytest.mark.kafka
 
 SECRET = "hunter2-Very-Secret"
 GARBAGE = b"\x00\xffnot protobuf"
-
-
-async def read_topic(bootstrap: str, topic: str) -> list:
-    """Every message on a topic from the beginning to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        from aiokafka import TopicPartition
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or
-                                                         await _partitions(consumer, topic))]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        messages = []
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end for tp, end in ends.items()])
-
-        while await behind():
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                messages.extend(batch)
-        return messages
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer, topic):
-    await consumer._client.force_metadata_update()
-    return consumer._client.cluster.partitions_for_topic(topic) or {0}
 
 
 def test_every_topic_the_worker_writes_to_survives_a_metadata_refresh_for_another(bootstrap, ch_dsn, tmp_path):
@@ -191,7 +163,7 @@ def _stores_everything_once(worker, pipeline_env, actions) -> None:
     except TimeoutError:
         raise AssertionError(f"committed {committed_offsets(pipeline_env.bootstrap, pipeline_env.app_id, topic)}, "
                              f"stats {worker.stats()}, log {worker.problems(50)}")
-    log = "\n".join(worker.problems(200))
+    log = worker.log_tail(100_000)
     assert "were not delivered to the agent; reading again from" in log, log  # the loss was seen and undone
     reread = worker.stats()["offset_holes"]["reread"]
     assert reread >= 1

@@ -13,7 +13,6 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from streams.analyst import kpis, people
 from streams.analyst.output import FORMATTERS, list_reports, sparkline_lines, write_report_files
@@ -237,15 +236,8 @@ def open_query_target(settings, admin: bool = False):
         from clickhouse_connect.driver.exceptions import OperationalError
         reason = ("cannot connect; is the server up and the URL right (--clickhouse, env TALLY_CLICKHOUSE)?"
                   if isinstance(exc, OperationalError) else error_message(exc))
-        raise QueryError(f"cannot open ClickHouse at {_without_password(settings.clickhouse_dsn)}: {reason}") from None
+        raise QueryError(f"cannot open ClickHouse at {clickhouse.redact(settings.clickhouse_dsn)}: {reason}") from None
     return DirectTarget(client, admin=admin)
-
-
-def _without_password(dsn: str) -> str:
-    url = urlsplit(dsn)
-    if url.password is None:
-        return dsn
-    return urlunsplit(url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@")))
 
 
 # ---- command line ------------------------------------------------------------------------

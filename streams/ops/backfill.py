@@ -49,7 +49,7 @@ class Progress:
 
 
 async def wait_until_taken(bootstrap: str, group: str, topic: str, written: dict[int, tuple[int, int]],
-                           patience_s: float = 60.0, poll_s: float = 1.0) -> str:
+                           patience_s: float = 60.0, poll_s: float = 1.0, joining_s: float = 5.0) -> str:
     """'taken' once the group has committed past every offset written; 'no worker' when the group
     has no member; 'stalled' when its commits don't move for `patience_s`."""
     from aiokafka import TopicPartition
@@ -58,9 +58,7 @@ async def wait_until_taken(bootstrap: str, group: str, topic: str, written: dict
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await _retrying(lambda: admin.describe_consumer_groups([group]))
-        # DescribeGroups responses: groups as (error_code, group, state, protocol_type, protocol, members)
-        if not any(entry[5] for response in described for entry in response.groups if entry[1] == group):
+        if not await _has_members(admin, group, joining_s):
             return "no worker"
         last_seen, moved = None, time.monotonic()
         while True:
@@ -76,6 +74,19 @@ async def wait_until_taken(bootstrap: str, group: str, topic: str, written: dict
             await asyncio.sleep(poll_s)
     finally:
         await admin.close()
+
+
+async def _has_members(admin, group: str, joining_s: float) -> bool:
+    """Whether the group has a member, allowing `joining_s` for a worker that has just started."""
+    deadline = time.monotonic() + joining_s
+    while True:
+        described = await _retrying(lambda: admin.describe_consumer_groups([group]))
+        # DescribeGroups responses: groups as (error_code, group, state, protocol_type, protocol, members)
+        if any(entry[5] for response in described for entry in response.groups if entry[1] == group):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.5)
 
 
 async def _retrying(call, attempts: int = 30, wait_s: float = 1.0):

@@ -51,11 +51,9 @@ def wait_for_worker(web: str, worker: subprocess.Popen, timeout: float = 120.0) 
 
 
 def print_table(columns: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c))
-              for i, c in enumerate(columns)]
-    print("  " + "  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
-    for row in rows:
-        print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+    """The analysts' table, indented under the demo's headings."""
+    from streams.analyst.output import format_table
+    print("\n".join("  " + line for line in format_table(columns, rows).splitlines()[:-1]))
 
 
 def stream_args(data_dir: Path) -> list[str]:

@@ -20,7 +20,6 @@ import yaml
 
 from streams.contract import SCHEMA_VERSION, UserAction
 from streams.stages.outcome import Source
-from streams.stages.validate import read_fields
 
 SESSION_GAP_MS = 30 * 60_000
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
@@ -132,21 +131,6 @@ def load_mapping(path: str | Path | None = None) -> PropertyMapping:
                for app, cols in (doc.get("apps") or {}).items()}
     from_command = tuple((str(k), str(v)) for k, v in (doc.get("target_type_from_command") or {}).items())
     return PropertyMapping(default, per_app, from_command)
-
-
-def extract_properties(action: UserAction, kwargs: dict, pos_args: list, mapping: PropertyMapping,
-                       properties: dict | None = None) -> dict:
-    """The typed KPI columns for this action (search_term, result_index, source, resource_key, target_type)
-    that a source gives. `properties` is the action's properties map as a dict, when the caller has
-    made one already."""
-    if properties is None:
-        properties = dict(action.properties.items()) if action.properties else {}
-    found = _extract(mapping.lookup_plan(action.app), action, kwargs, pos_args, properties)
-    if "target_type" not in found:
-        target_type = mapping.target_type_for(action.command)
-        if target_type:
-            found["target_type"] = target_type
-    return found
 
 
 def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: list, properties: dict) -> dict:
@@ -271,13 +255,6 @@ def rows_of(columns: Columns) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*columns.values())]
 
 
-def to_row(action: UserAction, source: Source, kwargs: dict, pos_args: list, mapping: PropertyMapping,
-           ingested_ms: int) -> dict:
-    """One `user_actions` row (before scrubbing and the profile join)."""
-    actions = [action]
-    return rows_of(build_columns(read_fields(actions), actions, [source], [kwargs], [pos_args], mapping, ingested_ms))[0]
-
-
 _PROFILE_COLUMNS = ("user_email", "user_title", "user_team", "ab_flags")
 
 
@@ -287,15 +264,9 @@ def _profile_values(profile: dict) -> tuple:
             profile.get("ab_flags") or {})
 
 
-def join_profile(row: dict, profile: dict | None) -> dict:
-    """Copy the user's profile (already scrubbed) onto the row: the Amplitude seed's user properties."""
-    if profile:
-        row.update(zip(_PROFILE_COLUMNS, _profile_values(profile)))
-    return row
-
-
 def join_profiles(columns: Columns, profiles) -> Columns:
-    """`join_profile` for every row of `columns`; `profiles` maps (stored) user -> profile dict."""
+    """Copy each user's profile (already scrubbed) onto their rows, the Amplitude seed's user
+    properties; `profiles` maps (stored) user -> profile dict."""
     targets = [columns[name] for name in _PROFILE_COLUMNS]
     for index, profile in enumerate(map(profiles.get, columns["user"])):
         if profile:
@@ -340,13 +311,8 @@ def close_sessions(open_sessions: dict[str, tuple[str, int, int]], quiet_since_m
         del open_sessions[user]
 
 
-def assign_session(row: dict, open_sessions: dict[str, tuple[str, int, int]]) -> dict:
-    row["session_id"] = session_for(row["user"], row["ts"], row["session_id"], open_sessions)
-    return row
-
-
 def assign_sessions(columns: Columns, open_sessions: dict[str, tuple[str, int, int]]) -> Columns:
-    """`assign_session` for every row of `columns`, in order."""
+    """Each row's session (`session_for`), in order."""
     columns["session_id"] = list(map(session_for, columns["user"], columns["ts"], columns["session_id"],
                                      itertools.repeat(open_sessions)))
     return columns
