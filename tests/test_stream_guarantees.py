@@ -350,8 +350,10 @@ def test_clickhouse_refusing_inserts_mid_run_stops_consuming_and_loses_nothing(p
     scrape = metrics_scrape(worker)
     assert scrape["tally_sink_failed_inserts_total"] >= 3 and scrape["tally_sink_inserts_total"] == stats["sink"]["inserts"]
     assert alert_rule_metrics() <= set(scrape), "an alert rule watches a metric the worker does not export"
-    time.sleep(2)
-    assert worker.stats()["consumed"] == 2000  # still holding: backpressure, not skipping
+    # two more attempts later, still holding: backpressure, not skipping
+    wait_for(lambda: any("failed (attempt 5)" in line for line in worker.problems(400)), timeout=120,
+             what="two more insert attempts")
+    assert worker.stats()["consumed"] == 2000
 
     worker.query("RENAME TABLE user_actions_offline TO user_actions", admin=True)
     stats = worker.wait_consumed(5000)

@@ -141,7 +141,6 @@ def run_demo(args) -> int:
             print("generator: " + output.splitlines()[-1])
         if generator.returncode != 0:
             raise DemoFailed(f"the traffic generator failed (exit code {generator.returncode})")
-        time.sleep(args.metric_settle)
         report(web)
         example_person = most_active_person(web, settings, args.seed, args.users)
     except KeyboardInterrupt:
@@ -165,28 +164,35 @@ def run_demo(args) -> int:
     return 130 if interrupted else 1 if failed else 0
 
 
-def report(web: str) -> None:
+def report(web: str, settle_s: float = 30.0) -> None:
+    """The live active users (waiting until they have taken the last events, at most `settle_s`),
+    a sample of ClickHouse, and the two compared."""
+    from streams.ops.metrics import as_of
+
+    check = get_json(f"{web}/query/", {"sql": "SELECT toString(ds), uniqExact(user) FROM user_actions "
+                                               "GROUP BY ds ORDER BY ds DESC LIMIT 1"})
+    day, users = check["rows"][0] if check.get("rows") else (None, None)
+
+    def live_dau(totals: list[dict]):
+        return next((t["value"] for t in totals if t["metric"] == "dau" and t["app"] == "*" and t["day"] == day), None)
+
+    deadline = time.monotonic() + settle_s
     totals = get_json(f"{web}/active-users/")
-    days = sorted({t["day"] for t in totals if t["metric"] == "dau"})
-    last_day = max((d for d in days if d < dt.date.today().isoformat()), default=None)
-    if last_day:
-        print(f"\nactive users on {last_day} (exact, live from the worker's Faust tables):")
-        by = {(t["metric"], t["app"]): t["value"] for t in totals if t["day"] == last_day}
-        apps = sorted({app for _, app in by})
-        print_table(["app", "DAU", "WAU", "MAU"], [[a, by.get(("dau", a), 0), by.get(("wau", a), 0),
-                                                   by.get(("mau", a), 0)] for a in apps])
+    while day is not None and live_dau(totals) != users and time.monotonic() < deadline:
+        time.sleep(0.5)  # the totals agent publishes about once a second
+        totals = get_json(f"{web}/active-users/")
+    title, table = as_of(totals)
+    print(f"\n{title} (exact, live from the worker's Faust tables):")
+    if table:
+        print_table(["app", "day", "DAU", "WAU", "MAU"], table)
     answer = get_json(f"{web}/query/", {"sql": SAMPLE_SQL})
     print("\nClickHouse: most frequent actions, their users, p95 duration and error rate")
     if "error" in answer:
         print("  query failed: " + answer["error"])
     else:
         print_table(answer["columns"], answer["rows"])
-    check = get_json(f"{web}/query/", {"sql": "SELECT ds, uniqExact(user) FROM user_actions "
-                                               "GROUP BY ds ORDER BY ds DESC LIMIT 1"})
-    if "rows" in check and check["rows"]:
-        day, users = check["rows"][0]
-        print(f"\nClickHouse says {users} distinct users on {day}; the live table says "
-              f"{next((t['value'] for t in totals if t['metric'] == 'dau' and t['app'] == '*' and t['day'] == day), '?')}")
+    if day is not None:
+        print(f"\nClickHouse says {users} distinct users on {day}; the live table says {live_dau(totals) or '?'}")
 
 
 def most_active_person(web: str, settings, seed: int, users: int) -> str:
@@ -214,6 +220,4 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--rate", type=int, default=20000, help="events/s the generator sends at most")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the previous demo's data")
-    parser.add_argument("--metric-settle", type=float, default=2.0,
-                        help="seconds to let the last metric updates land before reporting")
     parser.set_defaults(func=run_demo)
