@@ -7,6 +7,7 @@ the broker listens on 127.0.0.1 and logs to a file in its directory.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,11 +72,15 @@ class Broker:
         if shutil.which("mvn") is None:
             raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars from Maven Central")
         self.jar_cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        # Maven's console library writes colour resets even when quiet: keep its output
+        # for when it fails, where it says why.
+        done = subprocess.run(
             ["mvn", "-q", "-B", "--no-transfer-progress", "-Dstyle.color=never", "-f", str(POM),
              "dependency:copy-dependencies", f"-DoutputDirectory={self.jar_cache}", "-DincludeScope=runtime"],
-            check=True, env={**os.environ, "MAVEN_OPTS": os.environ.get("MAVEN_OPTS", "") + " -Djansi.passthrough=false",
-                             "TERM": "dumb"})
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if done.returncode != 0:
+            raise RuntimeError("Maven could not fetch the Kafka jars (is Maven Central reachable?):\n"
+                               + re.sub(r"\x1b\[[0-9;]*m", "", done.stdout).strip())
         marker.touch()
         return self.jar_cache
 

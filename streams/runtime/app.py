@@ -25,23 +25,21 @@ from collections import defaultdict
 import faust
 
 from streams.config import Settings
-from streams.contract import DeadLetter, UserProfile
 from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, steps_by_size
 from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
-from streams.runtime.kafka_internals import producer_client, table_delete, table_items, table_set, track_topics
+from streams.runtime.durable import DurableWrites
+from streams.runtime.kafka_internals import producer_client, table_delete, table_set, track_topics
+from streams.runtime.profiles import ProfileUpdates
 from streams.runtime.partitions import WATERMARK_KEY, PartitionOwnership
 from streams.runtime.totals import Totals
-from streams.stages.active_users import closed_windows, day_ordinal
 from streams.stages.alerts import AlertEngine, load_rules
 from streams.stages.enrich import load_mapping
-from streams.stages.flow import Stages, process_batch, refused_row_letter, unpack
-from streams.stages.outcome import REFUSED_BY_STORE, BatchCounts, Source
+from streams.stages.flow import Stages, process_batch, unpack
+from streams.stages.outcome import BatchCounts, Source
 from streams.stages.scrub import Scrubber, load_policy, scrub_logs
 from streams.stages.validate import Limits
 from streams.store import clickhouse, pseudonym_key
-from streams.store.sink import (DEAD_LETTER_COLUMNS, PROFILE_COLUMNS, USER_ACTION_COLUMNS, ClickHouseWriter,
-                                RetryPolicy, batch_token, dead_letter_row, insert_isolating, to_columns,
-                                write_with_retry)
+from streams.store.sink import ClickHouseWriter, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,6 @@ class Pipeline:
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
         pseudonym_key.check_store(self.writer.client, self.scrubber.policy.hmac_key.decode("utf-8"))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
-        self._profile_index: dict[str, dict] | None = None  # plain-dict view of the profiles table
         self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message
         self.last_step = time.monotonic()  # when the actions agent last took messages
         self.reported_idle: set[int] = set()
@@ -79,7 +76,11 @@ class Pipeline:
         self._actions_stream = None
         self._tracking_client = None  # the producer's client that tracks the output topics
         self.app = self._build_app()
+        self.durable = DurableWrites(settings, self.writer, self.retry, self.counts, self.consumed_offsets,
+                                     self.actions_topic, self.dlq_topic, self.partials_topic)
         self.guard = OffsetGuard(self.app, settings.bootstrap)
+        self.profile_updates = ProfileUpdates(self.profiles, self.profiles_topic, self.profiles_order, self.guard,
+                                              self.stages, self.scrubber, self.writer, self.retry)
         self.ownership = PartitionOwnership(self.active_days, self.writer, settings.allowed_lateness_days,
                                             self.stages.limits.allowed_lateness_ms)
         self.totals = Totals(self.metric_totals, AlertEngine(load_rules(settings.alert_rules)))
@@ -186,16 +187,9 @@ class Pipeline:
             for order in self.ordered_topics:
                 if tp.topic == order.topic:
                     order.forget(tp.partition)
-        self._profile_index = None  # rebuilt from the recovered table on the next batch
+        self.profile_updates.forget_index()  # rebuilt from the recovered table on the next batch
 
     # ---- per-partition state --------------------------------------------------------------
-
-    def profile_index(self) -> dict[str, dict]:
-        """Profiles by stored user id as a plain dict: the table's store decodes JSON on every read,
-        which the join would otherwise pay per event."""
-        if self._profile_index is None:
-            self._profile_index = dict(table_items(self.profiles))
-        return self._profile_index
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
@@ -305,7 +299,7 @@ class Pipeline:
 
     async def _make_durable_and_ack(self, write: DurableWrite) -> None:
         try:
-            await self.make_durable(write)
+            await self.durable.make_durable(write)
         except Exception as exc:
             # The partition state already holds this batch, so carrying on would take its
             # redelivered events for duplicates. Stop the worker instead; a restart rebuilds the
@@ -346,7 +340,7 @@ class Pipeline:
             self.last_input[partition] = step_time
             self.reported_idle.discard(partition)
             state = batch.states[partition] = self.ownership.state_for(partition)
-            result = process_batch(messages, state, self.stages, self.profile_index())
+            result = process_batch(messages, state, self.stages, self.profile_updates.index())
             batch.add_rows(result.columns)
             batch.letters.extend(result.dead_letters)
             batch.reroutes.extend(result.reroutes)
@@ -368,108 +362,9 @@ class Pipeline:
         times.seconds += time.perf_counter() - started
         return batch
 
-    async def make_durable(self, write: DurableWrite) -> None:
-        """The I/O part: rows and dead letters into ClickHouse, then every message out and acknowledged
-        by the broker."""
-        batch, sends = write.batch, write.sends
-        for key, value, target, headers in batch.reroutes:
-            sends.append(await self.actions_topic.send(key=key, value=value, partition=target, headers=headers))
-        token = batch_token(self.settings.topics.user_actions, batch.offsets)
-        refused = await insert_isolating(self.writer, "user_actions", batch.columns, USER_ACTION_COLUMNS, token,
-                                         self.retry)
-        letters = batch.letters + self._refused_rows_as_letters(batch, refused) if refused else batch.letters
-        if letters:
-            letter_rows = [dead_letter_row(letter) for letter in letters]
-            kept_out = await insert_isolating(self.writer, "dead_letters", to_columns(letter_rows, DEAD_LETTER_COLUMNS),
-                                              DEAD_LETTER_COLUMNS, token, self.retry)
-            for index, why in kept_out:
-                log.error("ClickHouse refused the dead letter of %s/%d/%d (%s); it is in the %s topic only: %s",
-                          letters[index].source_topic, letters[index].source_partition, letters[index].source_offset,
-                          letters[index].reason, self.settings.topics.dead_letters, why)
-            for letter in letters:
-                sends.append(await self.dlq_topic.send(key=letter.reason.encode(), value=letter.SerializeToString()))
-        if write.partial["partitions"]:
-            sends.append(await self.partials_topic.send(key=b"counts", value=json.dumps(write.partial).encode()))
-        await asyncio.gather(*sends)
-        if batch.corrections:
-            await self._correct_from_store(batch)
-        self.counts.add(batch.counts)  # counted once stored and sent: what /stats reports is durable
-        for partition, (_, high) in batch.offsets.items():
-            self.consumed_offsets[partition] = high
-
-    async def _correct_from_store(self, batch: PendingBatch) -> None:
-        """Historical events fell into windows the live state has closed: recount those windows for
-        their partition from the store of record (its rows are in now), and send the counts as that
-        partition's, flagged as corrections. A partition's counts only grow, so the totals take them
-        whatever order they come in."""
-        counts = []
-        for partition, app_days in batch.corrections.items():
-            state = batch.states[partition]
-            horizon = state.activity.watermark_day - self.settings.allowed_lateness_days
-            keys = closed_windows(app_days, horizon, day_ordinal(state.watermark_ms))
-            if not keys:
-                continue
-            found: dict = {}
-            await write_with_retry(lambda: found.update(self.writer.partition_counts(partition, keys)), self.retry,
-                                   f"recounting closed windows of input partition {partition}")
-            counts.extend([partition, metric, app, day, count] for (metric, app, day), count in found.items())
-        if counts:
-            partial = {"partitions": {}, "counts": counts, "correction": True}
-            await (await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode()))
-
-    def _refused_rows_as_letters(self, batch: PendingBatch, refused: list[tuple[int, str]]) -> list[DeadLetter]:
-        """Rows ClickHouse refused become dead letters instead: counted as such, and forgotten as
-        taken, so their replay is stored rather than taken for a duplicate."""
-        columns, now_ms = batch.columns, int(time.time() * 1000)
-        letters = []
-        for index, why in refused:
-            row = {name: values[index] for name, values in columns.items()}
-            letters.append(refused_row_letter(row, why, self.settings.topics.user_actions, now_ms))
-            batch.states[row["kafka_partition"]].recent_ids.forget(row["event_id"])
-            batch.counts.delivered -= 1
-            batch.counts.count_dead_letter(REFUSED_BY_STORE)
-        log.error("ClickHouse refused %d of %d rows (first: %s); they are dead letters (%s), the rest is stored",
-                  len(refused), batch.row_count, refused[0][1], REFUSED_BY_STORE)
-        return letters
-
     async def profiles_agent(self, stream) -> None:
-        order = self.profiles_order
         await self.track_output_topics()
-        async for events in stream.take_events(1000, within=0.5):
-            await self.guard.learn_where_partitions_start(order, {event.message.partition for event in events})
-            rows, sends = [], []
-            for event in events:
-                if not admit_in_order(order, event.message):
-                    continue  # re-read in order after the hole: a profile is the user's latest
-                profile = UserProfile()
-                try:
-                    profile.ParseFromString(event.message.value or b"")
-                except Exception:
-                    log.warning("undecodable profile at %s/%s", event.message.partition, event.message.offset)
-                    continue
-                if not profile.user:
-                    continue
-                _, expected_partition = self.stages.route(profile.user)
-                self.scrubber.scrub_profile(profile)
-                if expected_partition is not None and event.message.partition != expected_partition:
-                    # joined where that user's events are
-                    sends.append(await self.profiles_topic.send(key=profile.user.encode(), value=event.message.value,
-                                                                partition=expected_partition))
-                    continue
-                value = {"email": profile.email, "title": profile.title, "team": profile.team,
-                         "ab_flags": dict(profile.ab_flags)}
-                sends.append(table_set(self.profiles, event.message.partition, profile.user, value))
-                self.profile_index()[profile.user] = value
-                rows.append({"user": profile.user, "updated_at": profile.updated_epoch_ms or int(time.time() * 1000),
-                             **value})
-            token = f"profiles:{events[0].message.partition}@{events[0].message.offset}:{len(events)}" if events else ""
-            refused = await insert_isolating(self.writer, "user_profiles", to_columns(rows, PROFILE_COLUMNS),
-                                             PROFILE_COLUMNS, token, self.retry)
-            for index, why in refused:  # the join has it still; only the analysts' copy lacks it
-                log.error("ClickHouse refused the profile of %s: %s", rows[index]["user"], why)
-            await asyncio.gather(*sends)
-            await self.guard.keep_in_order(order)
-
+        await self.profile_updates.take(stream)
 
     async def totals_agent(self, stream) -> None:
         """Sums the partitions' counts into exact totals (`Totals`)."""
