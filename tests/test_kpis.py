@@ -107,6 +107,19 @@ def make_event(rng: random.Random, app: str, user: str, ts: dt.datetime, n: int)
     return action_row(command=command, **common)
 
 
+def make_dead_letters() -> list[dict]:
+    """Refused messages of two reasons over three days, one of them redelivered below."""
+    letters = []
+    for n in range(9):
+        received = dt.datetime.combine(START + dt.timedelta(days=n % 3), dt.time(10, n), dt.timezone.utc)
+        reason = "malformed_payload" if n % 3 else "schema_version"
+        letters.append(dict(reason=reason, detail=f"{reason} #{n}", source_topic="user-actions",
+                            source_partition=n % 2, source_offset=n, received_at=received, payload_size=10 + n,
+                            payload_sha256=f"{n:064d}", scrubbed_payload=f"payload {n}", event_id="",
+                            app=["amundsen", "chatbot"][n % 2], user="", scrubbed_fields=[], letter=n))
+    return letters
+
+
 def make_actions(rng: random.Random) -> list[dict]:
     rows = []
     for day in range(DAYS):
@@ -145,6 +158,9 @@ def loaded(ch, dataset):
     insert(ch, "user_actions", actions)
     insert(ch, "user_actions", redelivered)  # a second part: duplicates stay until a merge
     insert(ch, "user_profiles", profile_versions)
+    insert(ch, "dead_letters", make_dead_letters())
+    insert(ch, "dead_letters", make_dead_letters()[:2])  # redelivered letters collapse
+    ALL_ACTIONS[:] = actions
     return ch, actions, profiles
 
 
@@ -160,6 +176,22 @@ def test_dataset_has_duplicates_and_enough_variety(loaded, dataset):
 
 def in_scope(row, app, since, until) -> bool:
     return (app == "" or row["app"] == app) and since <= row["ds"] <= until
+
+
+def in_people(profiles, user, role="", team="", ab="") -> bool:
+    """The common people filters, by the user's latest profile (no profile: no match)."""
+    if not (role or team or ab):
+        return True
+    profile = profiles.get(user)
+    if profile is None:
+        return False
+    flag, _, variant = ab.partition("=")
+    return ((not role or profile["title"] == role) and (not team or profile["team"] == team)
+            and (not ab or profile["ab_flags"].get(flag, "") == variant))
+
+
+def error_message(row) -> str:
+    return row["error"].split("\n")[0][:200]
 
 
 def monday(day: dt.date) -> dt.date:
@@ -206,7 +238,9 @@ def role_sizes(profiles) -> Counter:
     return Counter(p["title"] for p in profiles.values())
 
 
-def expected(name, actions, profiles, app="", since=START, until=START + dt.timedelta(days=DAYS - 1), **extra):
+def expected(name, actions, profiles, app="", since=START, until=START + dt.timedelta(days=DAYS - 1),
+             role="", team="", ab="", **extra):
+    actions = [r for r in actions if in_people(profiles, r["user"], role, team, ab)]
     scope = [r for r in actions if in_scope(r, app, since, until)]
     limit = extra.get("limit", kpis.KPIS[name].params.get("limit", kpis.Param("UInt32", 0)).default)
     if name == "dau":
@@ -214,8 +248,8 @@ def expected(name, actions, profiles, app="", since=START, until=START + dt.time
     if name == "dau_weekdays":
         return distinct_users_by([r for r in scope if r["ds"].weekday() < 5], lambda r: r["ds"])
     if name == "wau":
-        weeks = [r for r in actions if (app == "" or r["app"] == app) and monday(since) <= monday(r["ds"]) <= until]
-        return distinct_users_by(weeks, lambda r: monday(r["ds"]))
+        return [(week, n, int(week < since or week + dt.timedelta(days=6) > until))
+                for week, n in distinct_users_by(scope, lambda r: monday(r["ds"]))]
     if name in ("role_penetration", "users_per_role"):
         sizes = role_sizes(profiles)
         active = {r["user"] for r in scope if r["user"] in profiles}
@@ -286,9 +320,13 @@ def expected(name, actions, profiles, app="", since=START, until=START + dt.time
         rows = [(e, c, n, errors[e, c]) for (e, c), n in events.items()]
         return sorted(rows, key=lambda x: (-x[2], x[0], x[1]))[:limit]
     if name == "errors":
-        errors = Counter((r["event_name"], r["command"], r["error"].split("\n")[0][:200])
-                         for r in scope if is_error(r))
-        return sorted(((*k, n) for k, n in errors.items()), key=lambda x: (-x[3], x[0], x[1], x[2]))[:limit]
+        groups = defaultdict(list)
+        for r in scope:
+            if is_error(r):
+                groups[r["event_name"], r["command"], error_message(r)].append(r)
+        rows = [(*k, len(g), len({r["user"] for r in g}), min(r["ts"] for r in g), max(r["ts"] for r in g))
+                for k, g in groups.items()]
+        return sorted(rows, key=lambda x: (-x[3], x[0], x[1], x[2]))[:limit]
     if name == "user_stats":
         who, days = extra["user"], extra.get("days", 30)
         rows = [r for r in actions if (r["user"] == who or r["user_email"] == who) and (app == "" or r["app"] == app)
@@ -344,7 +382,179 @@ def expected(name, actions, profiles, app="", since=START, until=START + dt.time
                 counts[2] += any(t >= min(later2) for t in t3)
         return [(v, i + 1, steps[i], counts[i], counts[i] * 100 / counts[0])
                 for v, counts in sorted(reached.items()) for i in range(3) if steps[i]]
+    if name in USAGE_EXPECTATIONS:
+        return USAGE_EXPECTATIONS[name](actions, scope, profiles, app=app, since=since, until=until,
+                                        **{**extra, "limit": limit})
     raise AssertionError(f"no expectation for {name}")
+
+
+# ---- the usage-analysis KPIs (the dashboard's) -------------------------------------------------
+
+def _in_app(r, app) -> bool:
+    return app == "" or r["app"] == app
+
+
+def _days(since, until):
+    day = since
+    while day <= until:
+        yield day
+        day += dt.timedelta(days=1)
+
+
+def exp_active_users(actions, scope, profiles, app, since, until, **_):
+    active = defaultdict(set)
+    for r in actions:
+        if _in_app(r, app):
+            active[r["ds"]].add(r["user"])
+    first = min(active) if active else since
+    rows = []
+    for day in _days(max(since, first), until):
+        def window(width):
+            return set().union(*(active.get(day - dt.timedelta(days=k), set()) for k in range(width)))
+        dau, wau, mau = len(window(1)), len(window(7)), len(window(28))
+        if mau:
+            rows.append((day, dau, wau, mau, dau * 100 / mau))
+    return rows
+
+
+def exp_new_returning(actions, scope, profiles, app, **_):
+    first = {}
+    for r in sorted((r for r in ALL_ACTIONS if _in_app(r, app)), key=lambda r: r["ds"]):
+        first.setdefault(r["user"], r["ds"])
+    days = defaultdict(set)
+    for r in scope:
+        days[r["ds"]].add(r["user"])
+    return [(d, sum(first[u] == d for u in users), sum(first[u] < d for u in users)) for d, users in sorted(days.items())]
+
+
+def exp_events_per_day(actions, scope, profiles, **_):
+    groups = defaultdict(list)
+    for r in scope:
+        groups[r["ds"]].append(r)
+    return [(d, len(g), len({r["user"] for r in g}), sum(map(is_error, g))) for d, g in sorted(groups.items())]
+
+
+def exp_trend(actions, scope, profiles, since, until, event="", measure="events", interval="day", breakdown="",
+              **_):
+    def split(r):
+        profile = profiles.get(r["user"], {})
+        if breakdown == "app":
+            return r["app"]
+        if breakdown in ("role", "team"):
+            return profile.get("title" if breakdown == "role" else "team", "")
+        if breakdown == "event_name":
+            return r["event_name"]
+        if breakdown.startswith("flag:"):
+            return profile.get("ab_flags", {}).get(breakdown[5:], "")
+        return "all"
+    groups = defaultdict(list)
+    for r in scope:
+        if event in ("", r["command"], r["event_name"]):
+            period = monday(r["ds"]) if interval == "week" else r["ds"]
+            groups[period, split(r)].append(r)
+    span = dt.timedelta(days=6 if interval == "week" else 0)
+    return [(p, b, len({r["user"] for r in g}) if measure == "users" else len(g), int(p < since or p + span > until))
+            for (p, b), g in sorted(groups.items())]
+
+
+def exp_apps(actions, scope, profiles, **_):
+    groups = defaultdict(list)
+    for r in scope:
+        groups[r["app"]].append(r)
+    rows = []
+    for app, g in groups.items():
+        errors = sum(map(is_error, g))
+        rows.append((app, len({r["user"] for r in g}), len(g), len({r["command"] for r in g}), errors,
+                     errors * 100 / len(g), min(r["ds"] for r in g), max(r["ds"] for r in g)))
+    return sorted(rows, key=lambda x: (-x[2], x[0]))
+
+
+def exp_recent_events(actions, scope, profiles, limit, command="", user="", resource="", errors_only=0, error="",
+                      **_):
+    rows = [r for r in scope if command in ("", r["command"], r["event_name"]) and user in ("", r["user"])
+            and resource in ("", r["resource_key"]) and (not errors_only or is_error(r))
+            and error in ("", error_message(r))]
+    rows.sort(key=lambda r: (-r["ts"].timestamp(), r["event_id"]))
+    return [(r["ts"], r["app"], r["user"], r["command"], r["event_name"], r["duration_ms"], r["target_type"],
+             r["resource_key"], error_message(r), r["pos_args_json"], r["keyword_args_json"], r["output"],
+             r["scrubbed_fields"]) for r in rows[:limit]]
+
+
+def exp_resource_activity(actions, scope, profiles, limit, resource, **_):
+    rows = sorted((r for r in scope if r["resource_key"] == resource), key=lambda r: (-r["ts"].timestamp(), r["event_id"]))
+    return [(r["ts"], r["user"], r["app"], r["command"], r["event_name"], r["target_type"], r["duration_ms"],
+             error_message(r)) for r in rows[:limit]]
+
+
+def exp_resource_users(actions, scope, profiles, limit, resource, **_):
+    groups = defaultdict(list)
+    for r in scope:
+        if r["resource_key"] == resource:
+            groups[r["user"]].append(r)
+    rows = [(u, len(g), len({r["command"] for r in g}), min(r["ts"] for r in g), max(r["ts"] for r in g))
+            for u, g in groups.items()]
+    return sorted(rows, key=lambda x: (-x[1], x[0]))[:limit]
+
+
+def exp_resources(actions, scope, profiles, limit, **_):
+    groups = defaultdict(list)
+    for r in scope:
+        if r["resource_key"]:
+            groups[r["resource_key"]].append(r)
+    rows = [(k, g[0]["target_type"], len(g), len({r["user"] for r in g}), max(r["ts"] for r in g))
+            for k, g in groups.items()]
+    return sorted(rows, key=lambda x: (-x[2], x[0]))[:limit]
+
+
+def exp_retention_cohorts(actions, scope, profiles, app, since, until, **_):
+    weeks = {(r["user"], monday(r["ds"])) for r in actions if _in_app(r, app) and r["ds"] <= until}
+    cohort = {}
+    for user, week in sorted(weeks, key=lambda x: x[1]):
+        cohort.setdefault(user, week)
+    sizes = Counter(cohort.values())
+    cells = Counter((cohort[u], (w - cohort[u]).days // 7) for u, w in weeks if cohort[u] >= monday(since))
+    return [(c, k, n, sizes[c], n * 100 / sizes[c]) for (c, k), n in sorted(cells.items())]
+
+
+def exp_filter_values(actions, scope, profiles, **_):
+    rows = [("app", a, n) for a, n in Counter(r["app"] for r in ALL_ACTIONS).items()]
+    rows += [("role", t, n) for t, n in Counter(p["title"] for p in profiles.values()).items()]
+    rows += [("team", t, n) for t, n in Counter(p["team"] for p in profiles.values()).items()]
+    rows += [("ab", f, n) for f, n in Counter(f"{k}={v}" for p in profiles.values()
+                                               for k, v in p["ab_flags"].items()).items()]
+    return sorted(rows, key=lambda x: (x[0], x[1]))
+
+
+def exp_stored_per_day(actions, scope, profiles, app, since, until, **_):
+    groups = defaultdict(list)
+    for r in ALL_ACTIONS:
+        if _in_app(r, app) and since <= r["ingested_at"].date() <= until:
+            groups[r["ingested_at"].date()].append(r)
+    return [(d, len(g), min(r["ds"] for r in g), max(r["ds"] for r in g)) for d, g in sorted(groups.items())]
+
+
+def _letters(app, since, until):
+    return [d for d in make_dead_letters() if _in_app(d, app) and since <= d["received_at"].date() <= until]
+
+
+def exp_dead_letters(actions, scope, profiles, app, since, until, **_):
+    groups = defaultdict(list)
+    for d in _letters(app, since, until):
+        groups[d["reason"]].append(d)
+    rows = [(reason, len(g), min(d["received_at"] for d in g), max(d["received_at"] for d in g),
+             max(g, key=lambda d: d["received_at"])["detail"]) for reason, g in groups.items()]
+    return sorted(rows, key=lambda x: (-x[1], x[0]))
+
+
+def exp_recent_dead_letters(actions, scope, profiles, app, since, until, limit, reason="", **_):
+    rows = [d for d in _letters(app, since, until) if reason in ("", d["reason"])]
+    rows.sort(key=lambda d: (-d["received_at"].timestamp(), d["source_partition"], d["source_offset"]))
+    return [(d["received_at"], d["reason"], d["detail"], d["source_partition"], d["source_offset"], d["payload_size"],
+             d["app"], d["user"], d["scrubbed_payload"]) for d in rows[:limit]]
+
+
+USAGE_EXPECTATIONS = {name[4:]: fn for name, fn in list(globals().items()) if name.startswith("exp_")}
+ALL_ACTIONS: list[dict] = []  # every generated event, whatever the filters (set by the `loaded` fixture)
 
 
 # ---- the checks ------------------------------------------------------------------------------
@@ -394,6 +604,31 @@ CASES = [
                                 "step3": "_update_table_description"}),
     ("funnel", {"app": "chatbot", "step1": "generate_question", "step2": "execute_sql", "step3": "edit_sql",
                 **RANGE}),
+    # the common people filters on the seeds' reports
+    ("dau", {"role": "Data Scientist"}), ("top_users", {"team": "team-1", "ab": "new_search=true", **RANGE}),
+    ("retention", {"role": "Software Engineer", "flag": "dark_mode"}), ("funnel", {"ab": "new_search=false"}),
+    ("command_usage", {"team": "team-2", "app": "chatbot"}),
+    # the usage-analysis KPIs
+    ("active_users", {}), ("active_users", {"app": "amundsen", "role": "Data Analyst", **RANGE}),
+    ("new_returning", {}), ("new_returning", {"app": "chatbot", "team": "team-3", **RANGE}),
+    ("events_per_day", {}), ("events_per_day", {"ab": "dark_mode=true", **RANGE}),
+    ("trend", {}), ("trend", {"event": "Search Table", "measure": "users", "interval": "week", "breakdown": "role",
+                              **RANGE}),
+    ("trend", {"measure": "users", "breakdown": "flag:new_search", "app": "amundsen"}),
+    ("trend", {"interval": "week", "breakdown": "app", "team": "team-0"}),
+    ("trend", {"event": "execute_sql", "breakdown": "event_name"}),
+    ("apps", {}), ("apps", {"role": "Designer", **RANGE}),
+    ("recent_events", {}), ("recent_events", {"command": "_get_table_metadata", "limit": 500, **RANGE}),
+    ("recent_events", {"errors_only": 1, "error": "Permission denied", "limit": 1000}),
+    ("recent_events", {"user": "u004", "resource": TABLES[3], "limit": 1000}),
+    ("resource_activity", {"resource": TABLES[2]}), ("resource_activity", {"resource": DASHBOARDS[1], **RANGE}),
+    ("resource_users", {"resource": TABLES[2]}), ("resource_users", {"resource": "repo-3", "limit": 3}),
+    ("resources", {}), ("resources", {"app": "code-search", "limit": 5, **RANGE}),
+    ("retention_cohorts", {}), ("retention_cohorts", {"app": "chatbot", "ab": "new_search=true", **RANGE}),
+    ("filter_values", {}),
+    ("stored_per_day", {}), ("stored_per_day", {"app": "chatbot", **RANGE}),
+    ("dead_letters", {}), ("dead_letters", {"app": "chatbot", "since": START + dt.timedelta(days=1)}),
+    ("recent_dead_letters", {}), ("recent_dead_letters", {"reason": "schema_version", "app": "amundsen"}),
 ]
 
 
@@ -439,7 +674,8 @@ def test_views_are_readable_directly(loaded):
 def test_bind_params_fills_defaults_and_types():
     kpi = kpis.get_kpi("role_penetration")
     bound = kpis.bind_params(kpi, {"since": "2024-03-01", "threshold": "5"}, today=dt.date(2024, 6, 1))
-    assert bound == {"app": "", "since": dt.date(2024, 3, 1), "until": dt.date(2024, 6, 1), "threshold": 5}
+    assert bound == {"app": "", "since": dt.date(2024, 3, 1), "until": dt.date(2024, 6, 1), "threshold": 5,
+                     "role": "", "team": "", "ab": ""}
 
 
 def test_today_is_a_date_only_where_a_date_is_asked_for():
@@ -455,6 +691,9 @@ def test_today_is_a_date_only_where_a_date_is_asked_for():
     ("dau", {"since": "March"}, "--since must be a date YYYY-MM-DD"),
     ("top_users", {"limit": "-1"}, "--limit must be a whole number"),
     ("user_stats", {}, "user_stats needs --user"),
+    ("user_stats", {"user": "ann", "role": "Designer"}, "user_stats does not take --role"),
+    ("trend", {"measure": "sum"}, "--measure must be one of 'events', 'users', not 'sum'"),
+    ("dau", {"ab": "new_search"}, "--ab takes FLAG=VARIANT"),
 ])
 def test_bind_params_rejects_with_a_clear_message(name, given, message):
     with pytest.raises(kpis.KpiError, match=message.replace("(", r"\(")):
@@ -466,5 +705,4 @@ def test_every_kpi_sql_uses_its_declared_params_only():
     for kpi in kpis.KPIS.values():
         used = set(re.findall(r"\{(\w+):\w+\}", kpi.sql))
         declared = set(kpis.all_params(kpi))
-        assert used <= declared, kpi.name
-        assert used >= declared - {"since"} and (kpi.name == "user_stats" or "since" in used), kpi.name
+        assert used == declared, kpi.name

@@ -6,45 +6,10 @@ Every KPI takes `app` ('' = all apps), `since` and `until`; some take more (thre
 """
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass, field
-
-EARLIEST = dt.date(1970, 1, 1)  # ClickHouse's first Date: "since the beginning"
-
-
-@dataclass(frozen=True)
-class Chart:
-    x: str
-    y: str
-    kind: str = "line"           # "line" or "bar"
-    series: str | None = None    # a column splitting the rows into one line/bar group each
-
-
-@dataclass(frozen=True)
-class Param:
-    type: str                    # the ClickHouse type in the SQL placeholder: String, Date, UInt32
-    default: object = None       # None = required
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class Kpi:
-    name: str
-    description: str
-    sql: str
-    chart: Chart
-    params: dict[str, Param] = field(default_factory=dict)  # beyond app/since/until
-
-
-COMMON_PARAMS = {
-    "app": Param("String", "", "only this app ('' = all apps)"),
-    "since": Param("Date", EARLIEST, "first day (YYYY-MM-DD)"),
-    "until": Param("Date", "today", "last day (YYYY-MM-DD), default today (UTC)"),
-}
-
-# Filters shared by the queries over per-event views.
-IN_APP = "({app:String} = '' OR app = {app:String})"
-IN_RANGE = "ds BETWEEN {since:Date} AND {until:Date}"
+from streams.analyst.kpi_model import (  # noqa: F401 (re-exported: the KPI model's names)
+    COMMON_PARAMS, EARLIEST, IN_APP, IN_FILTERS, IN_PEOPLE, IN_RANGE, Chart, Kpi, KpiError, Param, all_params,
+    bind_params)
+from streams.analyst.usage_kpis import USAGE_KPIS
 
 
 def _command_usage_sql(per: str, extra_columns: str = "") -> str:
@@ -54,7 +19,7 @@ def _command_usage_sql(per: str, extra_columns: str = "") -> str:
                   quantileExact(0.99)(duration_ms) AS p99_ms,
                   countIf(is_error) AS errors, errors * 100 / calls AS error_rate_percent
            FROM kpi_actions
-           WHERE {IN_APP} AND {IN_RANGE}
+           WHERE {IN_FILTERS}
            GROUP BY {per}, command, event_name
            ORDER BY calls DESC, {per}, command
            LIMIT {{limit:UInt32}}"""
@@ -67,18 +32,20 @@ def _limit(default: int) -> dict[str, Param]:
 _KPI_LIST = [
     # ---- Amundsen seed ----------------------------------------------------------------
     Kpi("dau", "Daily active users: distinct users per day",
-        """SELECT ds, active_users FROM kpi_dau
-           WHERE app = {app:String} AND ds BETWEEN {since:Date} AND {until:Date}
-           ORDER BY ds""",
+        "SELECT ds, uniqExact(user) AS active_users FROM user_actions WHERE " + IN_FILTERS
+        + " GROUP BY ds ORDER BY ds",
         Chart("ds", "active_users")),
     Kpi("dau_weekdays", "Daily active users on weekdays only (Saturdays and Sundays left out)",
-        """SELECT ds, active_users FROM kpi_dau_weekdays
-           WHERE app = {app:String} AND ds BETWEEN {since:Date} AND {until:Date}
-           ORDER BY ds""",
+        "SELECT ds, uniqExact(user) AS active_users FROM user_actions WHERE is_weekend = 0 AND " + IN_FILTERS
+        + " GROUP BY ds ORDER BY ds",
         Chart("ds", "active_users")),
-    Kpi("wau", "Weekly active users per calendar week (Monday start; whole weeks touching the range)",
-        """SELECT week, active_users FROM kpi_wau
-           WHERE app = {app:String} AND week BETWEEN toMonday({since:Date}) AND {until:Date}
+    Kpi("wau", "Weekly active users per calendar week (Monday start), over the days in the range; "
+               "a week the range cuts is marked partial",
+        """SELECT toMonday(ds) AS week, uniqExact(user) AS active_users,
+                  toUInt8(week < {since:Date} OR addDays(week, 6) > {until:Date}) AS partial
+           FROM user_actions
+           WHERE """ + IN_FILTERS + """
+           GROUP BY week
            ORDER BY week""",
         Chart("week", "active_users")),
     Kpi("role_penetration",
@@ -86,7 +53,7 @@ _KPI_LIST = [
         """SELECT profile.title AS title, uniqExact(active.user) AS active_users,
                   any(roles.role_size) AS role_size, active_users * 100 / role_size AS penetration_percent
            FROM (SELECT DISTINCT user FROM user_actions
-                 WHERE """ + IN_APP + " AND " + IN_RANGE + """) AS active
+                 WHERE """ + IN_FILTERS + """) AS active
            INNER JOIN kpi_profiles AS profile ON profile.user = active.user
            INNER JOIN kpi_role_sizes AS roles ON roles.title = profile.title
            WHERE roles.role_size > {threshold:UInt32}
@@ -96,7 +63,7 @@ _KPI_LIST = [
         {"threshold": Param("UInt32", 20, "only roles with more people than this")}),
     Kpi("role_usage", "Usage breakdown per role: events and active users per profile title",
         """SELECT profile.title AS title, count() AS events, uniqExact(action.user) AS active_users
-           FROM (SELECT user FROM kpi_actions WHERE """ + IN_APP + " AND " + IN_RANGE + """) AS action
+           FROM (SELECT user FROM kpi_actions WHERE """ + IN_FILTERS + """) AS action
            INNER JOIN kpi_profiles AS profile ON profile.user = action.user
            GROUP BY title
            ORDER BY events DESC, title
@@ -105,7 +72,7 @@ _KPI_LIST = [
     Kpi("users_per_role", "Active users per role, next to how many people hold the role",
         """SELECT profile.title AS title, uniqExact(active.user) AS active_users, any(roles.role_size) AS role_size
            FROM (SELECT DISTINCT user FROM user_actions
-                 WHERE """ + IN_APP + " AND " + IN_RANGE + """) AS active
+                 WHERE """ + IN_FILTERS + """) AS active
            INNER JOIN kpi_profiles AS profile ON profile.user = active.user
            INNER JOIN kpi_role_sizes AS roles ON roles.title = profile.title
            GROUP BY title
@@ -116,14 +83,14 @@ _KPI_LIST = [
         """SELECT ds, count() AS clicks, countIf(result_index <= 3) AS top3_clicks,
                   top3_clicks * 100 / clicks AS click_through_rate
            FROM kpi_search_clicks
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+           WHERE """ + IN_FILTERS + """
            GROUP BY ds
            ORDER BY ds""",
         Chart("ds", "click_through_rate")),
     Kpi("top_users", "Most active users: events and active days (top 50)",
         """SELECT leaders.user AS user, profile.title AS title, leaders.events AS events, leaders.active_days AS active_days
            FROM (SELECT user, count() AS events, uniqExact(ds) AS active_days FROM kpi_actions
-                 WHERE """ + IN_APP + " AND " + IN_RANGE + """
+                 WHERE """ + IN_FILTERS + """
                  GROUP BY user ORDER BY events DESC, user LIMIT {limit:UInt32}) AS leaders
            LEFT JOIN kpi_profiles AS profile ON profile.user = leaders.user
            ORDER BY events DESC, user""",
@@ -131,7 +98,7 @@ _KPI_LIST = [
     Kpi("top_search_terms", "Most searched terms (lower-cased), with how many users searched them",
         """SELECT lower(trimBoth(search_term)) AS term, count() AS searches, uniqExact(user) AS users
            FROM kpi_actions
-           WHERE is_search AND """ + IN_APP + " AND " + IN_RANGE + """
+           WHERE is_search AND """ + IN_FILTERS + """
            GROUP BY term
            ORDER BY searches DESC, term
            LIMIT {limit:UInt32}""",
@@ -139,7 +106,7 @@ _KPI_LIST = [
     Kpi("top_resources", "Most viewed tables and dashboards (top --limit of each)",
         """SELECT target_type, resource_key, count() AS views, uniqExact(user) AS viewers
            FROM kpi_resource_views
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+           WHERE """ + IN_FILTERS + """
            GROUP BY target_type, resource_key
            ORDER BY target_type, views DESC, resource_key
            LIMIT {limit:UInt32} BY target_type""",
@@ -147,31 +114,33 @@ _KPI_LIST = [
     Kpi("metadata_edits", "Metadata edits (descriptions, tags, owners) per day, and how many people edited",
         """SELECT ds, count() AS edits, uniqExact(user) AS editors
            FROM kpi_metadata_edits
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+           WHERE """ + IN_FILTERS + """
            GROUP BY ds
            ORDER BY ds""",
         Chart("ds", "edits")),
     Kpi("edit_leaders", "Users who edit metadata most, and how many distinct resources they edited",
         """SELECT user, count() AS edits, uniqExactIf(resource_key, resource_key != '') AS resources_edited
            FROM kpi_metadata_edits
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+           WHERE """ + IN_FILTERS + """
            GROUP BY user
            ORDER BY edits DESC, user
            LIMIT {limit:UInt32}""",
         Chart("user", "edits", "bar"), _limit(20)),
     # ---- Elevio seed ----------------------------------------------------------------
     Kpi("popular_actions", "Most used actions: events and failures per action",
-        """SELECT event_name, command, sum(events) AS events, sum(errors) AS errors
-           FROM kpi_popular_actions
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+        """SELECT event_name, command, count() AS events, countIf(is_error) AS errors
+           FROM kpi_actions
+           WHERE """ + IN_FILTERS + """
            GROUP BY event_name, command
            ORDER BY events DESC, event_name, command
            LIMIT {limit:UInt32}""",
         Chart("event_name", "events", "bar"), _limit(20)),
-    Kpi("errors", "Error analysis: failures per action and error message",
-        """SELECT event_name, command, error_message, sum(errors) AS errors
-           FROM kpi_errors
-           WHERE """ + IN_APP + " AND " + IN_RANGE + """
+    Kpi("errors", "Error analysis: failures per action and error message, how many people met each, "
+                  "first and last seen",
+        """SELECT event_name, command, error_message, count() AS errors, uniqExact(user) AS users,
+                  min(ts) AS first_seen, max(ts) AS last_seen
+           FROM kpi_actions
+           WHERE is_error AND """ + IN_FILTERS + """
            GROUP BY event_name, command, error_message
            ORDER BY errors DESC, event_name, command, error_message
            LIMIT {limit:UInt32}""",
@@ -186,7 +155,7 @@ _KPI_LIST = [
            ORDER BY events DESC, event_name, command""",
         Chart("event_name", "events", "bar"),
         {"user": Param("String", None, "user id or email"),
-         "days": Param("UInt32", 30, "how many days back from --until")}),
+         "days": Param("UInt32", 30, "how many days back from --until")}, filters=("app", "until")),
     # ---- Datagrok seed --------------------------------------------------------------
     Kpi("command_usage", "Commands per app: calls, users, duration p50/p95/p99 (ms) and error rate",
         _command_usage_sql("app", "uniqExact(user) AS users, "),
@@ -199,7 +168,7 @@ _KPI_LIST = [
         "Users active in week N who come back in week N+--weeks, per A/B --flag variant",
         """WITH user_weeks AS (
                SELECT DISTINCT user, toMonday(ds) AS week FROM user_actions
-               WHERE """ + IN_APP + """ AND toMonday(ds) BETWEEN toMonday({since:Date}) AND {until:Date}),
+               WHERE """ + IN_APP + " AND " + IN_PEOPLE + """ AND toMonday(ds) BETWEEN toMonday({since:Date}) AND {until:Date}),
            returns AS (SELECT user, subtractWeeks(week, {weeks:UInt32}) AS cohort_week FROM user_weeks)
            SELECT cohort.week AS week,
                   multiIf({flag:String} = '', 'all', profile.ab_flags[{flag:String}] = '', '(unset)',
@@ -223,7 +192,7 @@ _KPI_LIST = [
                       groupArrayIf(ts, command = {step2:String} OR event_name = {step2:String}) AS step2_times,
                       groupArrayIf(ts, command = {step3:String} OR event_name = {step3:String}) AS step3_times
                FROM user_actions
-               WHERE """ + IN_APP + " AND " + IN_RANGE + """
+               WHERE """ + IN_FILTERS + """
                GROUP BY user),
            reached AS (
                SELECT user, arrayMin(step1_times) AS step1_at,
@@ -245,64 +214,17 @@ _KPI_LIST = [
                        (3, {step3:String}, step3_users)] AS funnel_step
            WHERE action != ''
            ORDER BY variant, step""",
-        Chart("step", "users", "bar", series="variant"),
+        Chart("action", "users", "bar", series="variant"),
         {"step1": Param("String", "search_table", "first step (command or event name)"),
          "step2": Param("String", "_get_table_metadata", "second step"),
          "step3": Param("String", "", "optional third step"),
          "flag": Param("String", "", "A/B flag in the user's profile to split by ('' = no split)")}),
 ]
 
-KPIS: dict[str, Kpi] = {kpi.name: kpi for kpi in _KPI_LIST}
-
-
-class KpiError(ValueError):
-    """A KPI name or parameter the user got wrong; the message says how to fix it."""
+KPIS: dict[str, Kpi] = {kpi.name: kpi for kpi in [*_KPI_LIST, *USAGE_KPIS]}
 
 
 def get_kpi(name: str) -> Kpi:
     if name not in KPIS:
         raise KpiError(f"unknown report {name!r}; `tally report --list` shows them")
     return KPIS[name]
-
-
-def all_params(kpi: Kpi) -> dict[str, Param]:
-    return {**COMMON_PARAMS, **kpi.params}
-
-
-def _coerce(name: str, param: Param, value, today: dt.date):
-    if value == "today" and param.type == "Date":
-        return today
-    try:
-        if param.type == "Date":
-            return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
-        if param.type.startswith("UInt"):
-            number = int(value)
-            if number < 0:
-                raise ValueError
-            return number
-    except ValueError:
-        kind = "a date YYYY-MM-DD" if param.type == "Date" else "a whole number >= 0"
-        raise KpiError(f"--{name} must be {kind}, not {value!r}") from None
-    return str(value)
-
-
-def bind_params(kpi: Kpi, given: dict, today: dt.date | None = None) -> dict:
-    """The query parameters for `kpi`: defaults filled in, values typed; None in `given` = not set."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
-    declared = all_params(kpi)
-    unknown = sorted(name for name, value in given.items() if value is not None and name not in declared)
-    if unknown:
-        raise KpiError(f"{kpi.name} does not take {', '.join('--' + n for n in unknown)}; "
-                       f"it takes {', '.join('--' + n for n in declared)}")
-    bound = {}
-    for name, param in declared.items():
-        value = given.get(name)
-        if value is None:
-            value = param.default
-        if value is None:
-            raise KpiError(f"{kpi.name} needs --{name} ({param.help})")
-        bound[name] = _coerce(name, param, value, today)
-    since, until = bound.get("since"), bound.get("until")
-    if isinstance(since, dt.date) and isinstance(until, dt.date) and since > until:
-        raise KpiError(f"--since {since} is after --until {until}: no day is in between")
-    return bound
