@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "streams.producer.generator",  # tally generate
     "streams.ops.dlq",        # tally dlq inspect|replay
     "streams.analyst.query",    # tally query, tally report
+    "streams.analyst.dashboard.command",  # tally ui
     "streams.ops.metrics",  # tally metrics
     "bench.__main__",     # tally bench
 ]

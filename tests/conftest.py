@@ -84,6 +84,7 @@ class WorkerProcess:
         self.launcher = launcher or [sys.executable, "-m", "streams.cli"]
         self.web_port = free_port()
         self.process: subprocess.Popen | None = None
+        self.headers: dict[str, str] = {}  # sent with every request (a token, when bound beyond 127.0.0.1)
 
     @property
     def web(self) -> str:
@@ -122,7 +123,8 @@ class WorkerProcess:
 
     def _call(self, path: str, body: dict | None = None):
         data = _json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.web + path, data=data, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.web + path, data=data,
+                                         headers={"Content-Type": "application/json", **self.headers})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return _json.loads(response.read())

@@ -453,7 +453,8 @@ def exp_trend(actions, scope, profiles, since, until, event="", measure="events"
             period = monday(r["ds"]) if interval == "week" else r["ds"]
             groups[period, split(r)].append(r)
     span = dt.timedelta(days=6 if interval == "week" else 0)
-    return [(p, b, len({r["user"] for r in g}) if measure == "users" else len(g), int(p < since or p + span > until))
+    return [(p, p + span, b, len({r["user"] for r in g}) if measure == "users" else len(g),
+             int(p < since or p + span > until))
             for (p, b), g in sorted(groups.items())]
 
 

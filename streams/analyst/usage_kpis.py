@@ -60,14 +60,14 @@ USAGE_KPIS = [
     Kpi("trend",
         "One command or event name (or all), counted as events or unique users, per day or week, "
         "split by --breakdown",
-        f"""SELECT if({{interval:String}} = 'week', toMonday(ds), ds) AS period, {_BREAKDOWN} AS breakdown_value,
+        f"""SELECT if({{interval:String}} = 'week', toMonday(ds), ds) AS period,
+                   addDays(period, if({{interval:String}} = 'week', 6, 0)) AS period_end, {_BREAKDOWN} AS breakdown_value,
                    if({{measure:String}} = 'users', uniqExact(user), count()) AS value,
-                   toUInt8(period < {{since:Date}}
-                           OR addDays(period, if({{interval:String}} = 'week', 6, 0)) > {{until:Date}}) AS partial
+                   toUInt8(period < {{since:Date}} OR period_end > {{until:Date}}) AS partial
             FROM kpi_actions LEFT JOIN kpi_profiles AS profile USING (user)
             WHERE {IN_FILTERS}
               AND ({{event:String}} = '' OR command = {{event:String}} OR event_name = {{event:String}})
-            GROUP BY period, breakdown_value
+            GROUP BY period, period_end, breakdown_value
             ORDER BY period, breakdown_value""",
         Chart("period", "value", series="breakdown_value"),
         {"event": _text("a command or event name ('' = every event)"),

@@ -4,13 +4,20 @@
     GET  /stats                       pipeline counters, JSON
     GET  /metrics                     the same as Prometheus text
     POST /query  {"sql", "parameters"}  runs SQL on this worker's ClickHouse (chDB has one owner)
+    GET  /ui/                         the dashboard (streams/analyst/dashboard), over this worker's data
+
+Bound beyond 127.0.0.1, /query/ and /ui/ want the TALLY_UI_TOKEN the worker was started with
+(and are refused when it has none); the counters stay open for probes and scrapes.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 from faust.web import View
+
+from streams.analyst.dashboard.server import token_for
 
 
 async def consumer_lag(pipeline) -> dict[int, int]:
@@ -108,15 +115,74 @@ def register(app, pipeline) -> None:
             return self.bytes(prometheus_text(await _stats(pipeline)).encode(),
                               content_type="text/plain; version=0.0.4")
 
+    try:
+        token = token_for(pipeline.settings.web_bind, os.environ)
+    except ValueError:
+        token = _NO_TOKEN
+
     @app.page("/query/")
     class Query(View):
         async def post(self, request):
             from streams.analyst.query import handle_query_request
+            refused = _refused(self, request, token)
+            if refused is not None:
+                return refused
             body = json.loads(await request.text() or "{}")
             status, answer = await asyncio.get_running_loop().run_in_executor(
                 None, handle_query_request, _LockedClient(pipeline.writer), body, pipeline.settings.admin_sql)
             return self.bytes(json.dumps(answer, default=str).encode(), status=status,
                               content_type="application/json")
+
+
+    async def dashboard(view, request, path: str):
+        if token is _NO_TOKEN:
+            return _refused(view, request, token)
+        from streams.analyst.dashboard.command import people_binder
+        from streams.analyst.dashboard.server import Dashboard, parse_target
+        from streams.analyst.query import DirectTarget
+        _, query = parse_target(str(request.rel_url))
+        live, stats = [], {}
+        if path.strip("/") == "api/page":  # taken here, on the loop that owns them
+            live = pipeline.current_totals()
+            stats = await _stats(pipeline)
+        target = DirectTarget(_LockedClient(pipeline.writer))
+        board = Dashboard(target, token=token, live=lambda: live, stats=lambda: stats,  # it checks the token
+                          bind_people=people_binder(pipeline.settings, target),
+                          source=f"this worker ({pipeline.settings.data_dir})")
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, board.respond, request.method, path, query, dict(request.headers))
+        return view.bytes(answer.body, status=answer.status, content_type=answer.content_type.split(";")[0],
+                          headers=answer.headers)
+
+    @app.page("/ui/")
+    class DashboardShell(View):
+        async def get(self, request):
+            return await dashboard(self, request, "")
+
+    @app.page("/ui/{path:.+}")
+    class DashboardPart(View):
+        async def get(self, request, path):
+            return await dashboard(self, request, path)
+
+
+_NO_TOKEN = object()  # bound beyond this machine with no TALLY_UI_TOKEN: nothing gets in
+
+
+def _refused(view, request, token):
+    """None when the request may pass; else the 401/403 answer, one line."""
+    from streams.analyst.dashboard.server import TOKEN_ENV, request_token
+    if token is None:
+        return None
+    if token is _NO_TOKEN:
+        return view.bytes(f"refused: this worker listens beyond 127.0.0.1 without {TOKEN_ENV}; start it with "
+                          f"{TOKEN_ENV} set to use /query/ and /ui/ from here\n".encode(), status=403,
+                          content_type="text/plain")
+    from streams.analyst.dashboard.server import parse_target
+    _, query = parse_target(str(request.rel_url))
+    if request_token(query, dict(request.headers)) != token:
+        return view.bytes(f"this endpoint needs the worker's {TOKEN_ENV}: send it as 'Authorization: Bearer ...' "
+                          f"or ?token=...\n".encode(), status=401, content_type="text/plain")
+    return None
 
 
 class _LockedClient:
