@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install proto bench clean
+.PHONY: demo test install proto bench clean browser
 
 # Each set-up step says what it does and how long it took; a step already done is skipped.
 STEP = @start=$$(date +%s); echo "==> $(1)"; $(2) && echo "    done in $$(( $$(date +%s) - start )) s"
@@ -14,9 +14,18 @@ $(STAMP): pyproject.toml
 	$(call STEP,upgrading pip,$(BIN)/pip install -q --upgrade pip)
 	$(call STEP,installing Tally and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
 	$(call STEP,fetching the Kafka jars with Maven (once; cached in ~/.cache/tally),$(BIN)/python -m streams.ops.broker fetch-jars)
+	$(call STEP,installing Debian's chromium and chromium-driver for the dashboard's browser tests (once),$(MAKE) -s browser)
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The browser tests drive a real Chromium; Debian's packages, not one a test tool downloads.
+APT = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "    no apt-get here: install chromium and chromedriver yourself for tests/test_dashboard.py"; exit 0; fi; \
+	$(APT) install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	{ $(APT) update -qq >/dev/null && $(APT) install -y -qq chromium chromium-driver >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/tally demo

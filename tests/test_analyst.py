@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import publish
-from streams.analyst import output
+from streams.analyst import charts, output
 from streams.analyst import query as analyst
 from streams.store import clickhouse
 from streams.analyst import kpis
@@ -99,18 +99,33 @@ def test_error_message_takes_the_clickhouse_line_out_of_driver_wrapping():
     assert analyst.error_message(wrapped) == "Code: 62. DB::Exception: Syntax error: failed at position 1 (SELEC)"
 
 
-def test_chart_html_is_self_contained_with_one_series_per_variant():
+def test_chart_is_one_trace_per_variant_and_the_page_needs_no_network():
     kpi = kpis.get_kpi("retention")
     columns = ["week", "variant", "active_users", "returned_users", "retention_percent"]
     rows = [(DAY, "false", 10, 5, 50.0), (DAY, "true", 10, 7, 70.0),
             (DAY + dt.timedelta(weeks=1), "false", 8, 2, 25.0), (DAY + dt.timedelta(weeks=1), "true", 9, 3, 100 / 3)]
-    series = output.chart_series(columns, rows, kpi.chart)
-    assert series == {"false": [("2024-05-06", 50.0), ("2024-05-13", 25.0)],
-                      "true": [("2024-05-06", 70.0), ("2024-05-13", 100 / 3)]}
-    page = output.report_html("retention", "k=1", output.chart_svg(series, "line", "retention_percent"),
-                               columns, rows)
-    assert page.count("<polyline") == 2 and "<table>" in page
-    assert "<script" not in page and "src=" not in page and "href=" not in page
+    figure = charts.figure(columns, rows, kpi.chart)
+    assert [(t["name"], t["x"], t["y"], t["customdata"]) for t in figure["data"]] == [
+        ("false", ["2024-05-06", "2024-05-13"], [50.0, 25.0], [0, 2]),
+        ("true", ["2024-05-06", "2024-05-13"], [70.0, 100 / 3], [1, 3])]
+    page = output.report_html("retention", "k=1", figure, columns, rows)
+    assert '<script src="plotly.min.js"></script>' in page and "<table>" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_partial_weeks_are_open_markers_and_said_so():
+    kpi = kpis.get_kpi("wau")
+    columns, rows = ["week", "active_users", "partial"], [(DAY, 5, 1), (DAY + dt.timedelta(weeks=1), 9, 0)]
+    (trace,) = charts.figure(columns, rows, kpi.chart)["data"]
+    assert trace["marker"]["symbol"] == ["circle-open", "circle"] and trace["text"] == ["partial period", ""]
+    assert "partial week" in output.report_html("wau", "", charts.figure(columns, rows, kpi.chart), columns, rows)
+
+
+def test_report_subtitle_says_the_filters_in_words():
+    params = {"app": "", "since": kpis.EARLIEST, "until": DAY, "role": "", "team": "", "ab": "", "limit": 20}
+    assert output.describe_params(params) == "all apps, from the first event to 2024-05-06, limit 20"
+    params.update(app="bi", since=DAY, role="Analyst")
+    assert output.describe_params(params) == "app bi, from 2024-05-06 to 2024-05-06, role Analyst, limit 20"
 
 
 # ---- the worker endpoint's handler -----------------------------------------------------------
@@ -286,7 +301,8 @@ def test_report_prints_table_sparkline_and_writes_the_chart(data_dir, tmp_path, 
     assert "p95_ms [amundsen]: ▄" in captured.out
     assert str(chart) in captured.err
     page = chart.read_text()
-    assert "<svg" in page and "<rect" in page and "search_table" in page
+    assert "search_table" in page and "from 2024-05-01 to 2024-05-31" in page and "app=" not in page
+    assert (chart.parent / "plotly.min.js").stat().st_size > 1_000_000  # the bundle the page loads, offline
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -318,3 +318,23 @@ def test_tally_ui_beyond_this_machine_needs_a_token(tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "TALLY_UI_TOKEN" in done.stderr
 
+
+
+def test_a_report_file_draws_its_chart_offline(tmp_path, browser):
+    """`tally report`'s HTML, opened from disk: Plotly.js from the file next to it draws the chart."""
+    from streams.analyst import kpis
+    from streams.analyst.output import write_report_files
+    kpi = kpis.get_kpi("wau")
+    monday = TODAY - dt.timedelta(days=TODAY.weekday())
+    rows = [(monday - dt.timedelta(weeks=1), 40, 0), (monday, 12, 1)]
+    params = kpis.bind_params(kpi, {"since": str(monday - dt.timedelta(weeks=1))})
+    html_path, *_ = write_report_files(tmp_path / "reports" / "wau", kpi, params, ["week", "active_users", "partial"],
+                                       rows)
+    browser.get(html_path.as_uri())
+    deadline = time.monotonic() + 20
+    while not browser.find_elements("css selector", "#chart .main-svg .scatterlayer .point"):
+        assert time.monotonic() < deadline, "the chart was not drawn"
+        time.sleep(0.2)
+    assert len(browser.find_elements("css selector", "#chart .scatterlayer .point")) == 2
+    assert "partial week" in browser.find_element("tag name", "body").text
+    assert console_errors(browser) == []

@@ -1,5 +1,5 @@
 """What `tally query` and `tally report` print and draw: aligned tables, CSV and JSON, terminal
-sparklines, and a report's chart as SVG in HTML (a PNG too when matplotlib is installed)."""
+sparklines, and a report's chart in HTML drawn by Plotly.js (a PNG too when matplotlib is installed)."""
 from __future__ import annotations
 
 import csv
@@ -7,14 +7,15 @@ import datetime as dt
 import html
 import io
 import json
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
-from streams.analyst import kpis
+from streams.analyst import charts, kpis
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 TABLE_CELL_WIDTH = 60
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
+PLOTLY_FILE = "plotly.min.js"  # next to the reports: they open offline
 
 
 # ---- output ------------------------------------------------------------------------------
@@ -103,82 +104,36 @@ def chart_series(columns: list[str], rows: list[tuple], chart: kpis.Chart) -> di
     return series
 
 
-def chart_svg(series: dict[str, list[tuple[str, float | None]]], kind: str, y_label: str,
-              width: int = 900, height: int = 360) -> str:
-    """A self-contained SVG line or bar chart (no scripts, no network)."""
-    left, right, top, bottom = 60, 20, 20, 90
-    plot_w, plot_h = width - left - right, height - top - bottom
-    labels: list[str] = []
-    for points in series.values():
-        for label, _ in points:
-            if label not in labels:
-                labels.append(label)
-    values = [y for points in series.values() for _, y in points if y is not None]
-    y_max = max(values + [0.0]) or 1.0
-    y_min = min(values + [0.0])
-    span = (y_max - y_min) or 1.0
-
-    def y_pos(y: float) -> float:
-        return top + plot_h - (y - y_min) / span * plot_h
-
-    slot = plot_w / max(len(labels), 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#333"/>']
-    for fraction in (0, 0.25, 0.5, 0.75, 1):
-        tick = y_min + span * fraction
-        parts.append(f'<text x="{left - 6}" y="{y_pos(tick) + 4:.1f}" text-anchor="end">{tick:.4g}</text>')
-        parts.append(f'<line x1="{left}" y1="{y_pos(tick):.1f}" x2="{left + plot_w}" y2="{y_pos(tick):.1f}" '
-                     'stroke="#eee"/>')
-    label_every = max(1, len(labels) // 30)
-    for i, label in enumerate(labels):
-        if i % label_every == 0:
-            x = left + slot * (i + 0.5)
-            short = label if len(label) <= 24 else label[:23] + "…"
-            parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 12}" text-anchor="end" '
-                         f'transform="rotate(-45 {x:.1f} {top + plot_h + 12})">{html.escape(short)}</text>')
-    bar_w = slot * 0.8 / max(len(series), 1)
-    for n, (name, points) in enumerate(series.items()):
-        color = PALETTE[n % len(PALETTE)]
-        xy = [(left + slot * (labels.index(label) + 0.5), y) for label, y in points]
-        if kind == "bar":
-            for (x, y), (label, _) in zip(xy, points):
-                if y is None:
-                    continue
-                bar_x = x - slot * 0.4 + n * bar_w
-                top_y, base_y = y_pos(max(y, 0.0)), y_pos(min(y, 0.0))
-                parts.append(f'<rect x="{bar_x:.1f}" y="{top_y:.1f}" width="{bar_w:.1f}" '
-                             f'height="{base_y - top_y:.1f}" fill="{color}">'
-                             f'<title>{html.escape(f"{name} {label}: {y:g}".strip())}</title></rect>')
-        else:
-            path = " ".join(f"{x:.1f},{y_pos(y):.1f}" for x, y in xy if y is not None)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-            parts += [f'<circle cx="{x:.1f}" cy="{y_pos(y):.1f}" r="2.5" fill="{color}">'
-                      f'<title>{html.escape(f"{name} {label}: {y:g}".strip())}</title></circle>'
-                      for (x, y), (label, _) in zip(xy, points) if y is not None]
-    if len(series) > 1:
-        for n, name in enumerate(series):
-            parts.append(f'<rect x="{left + 10 + n * 120}" y="{height - 14}" width="10" height="10" '
-                         f'fill="{PALETTE[n % len(PALETTE)]}"/>'
-                         f'<text x="{left + 24 + n * 120}" y="{height - 5}">{html.escape(name)}</text>')
-    parts.append(f'<text x="12" y="{top + plot_h / 2:.1f}" transform="rotate(-90 12 {top + plot_h / 2:.1f})" '
-                 f'text-anchor="middle">{html.escape(y_label)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+def describe_params(params: dict) -> str:
+    """The filters a report ran with, as a person says them: "all apps, from the first event to 2026-12-03"."""
+    parts = [f"app {params['app']}" if params.get("app") else "all apps"]
+    since, until = params.get("since"), params.get("until")
+    if until is not None:
+        start = "from the first event" if since in (None, kpis.EARLIEST) else f"from {format_value(since)}"
+        parts.append(f"{start} to {format_value(until)}")
+    parts += [f"{name} {params[name]}" for name in ("role", "team", "ab") if params.get(name)]
+    parts += [f"{name} {format_value(value)}" for name, value in params.items()
+              if name not in kpis.COMMON_PARAMS and value not in ("", None)]
+    return ", ".join(parts)
 
 
-def report_html(title: str, subtitle: str, svg: str, columns: list[str], rows: list[tuple]) -> str:
-    """One self-contained page: the chart, then the table it was drawn from."""
+def report_html(title: str, subtitle: str, figure: dict, columns: list[str], rows: list[tuple],
+                plotly_src: str = PLOTLY_FILE) -> str:
+    """One page: the chart (Plotly.js from a file next to it, no network), then the table it was drawn from."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>"
                      for row in rows)
+    note = ("<p>Open markers: a period the range cuts (a partial week), counted over its days in the range.</p>"
+            if charts.PARTIAL in columns and any(row[columns.index(charts.PARTIAL)] for row in rows) else "")
+    spec = json.dumps(figure, default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<script src="{html.escape(plotly_src)}"></script>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ddd;padding:2px 8px;text-align:left}} p{{color:#555}}</style></head>
-<body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>
-{svg}
+td,th{{border:1px solid #ddd;padding:2px 8px;text-align:left}} p{{color:#555}} #chart{{height:420px}}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>{note}
+<div id="chart"></div>
+<script>const figure = {spec}; Plotly.newPlot("chart", figure.data, figure.layout, {{displaylogo: false, responsive: true}});</script>
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}
 </tbody></table></body></html>
@@ -194,7 +149,7 @@ def write_png(path: Path, title: str, series: dict, kind: str, y_label: str) -> 
     except ImportError:
         return False
     figure, axes = plt.subplots(figsize=(10, 4))
-    for n, (name, points) in enumerate(series.items()):
+    for name, points in series.items():
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         if kind == "bar":
             axes.bar([f"{name} {x}".strip() if len(series) > 1 else x for x in xs], ys, label=name or None)
@@ -212,16 +167,19 @@ def write_png(path: Path, title: str, series: dict, kind: str, y_label: str) -> 
 
 
 def write_report_files(stem: Path, kpi: kpis.Kpi, params: dict, columns: list[str], rows: list[tuple]) -> list[Path]:
-    """`<stem>.html` always, `<stem>.png` when matplotlib is importable; returns the paths written."""
+    """`<stem>.html` (with Plotly.js copied next to it once), `<stem>.png` when matplotlib is importable;
+    returns the paths written."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    series = chart_series(columns, rows, kpi.chart)
-    subtitle = kpi.description + " — " + ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+    bundle, local = charts.plotly_js_path(), stem.parent / PLOTLY_FILE
+    if not local.exists() or local.stat().st_size != bundle.stat().st_size:
+        shutil.copyfile(bundle, local)
+    subtitle = f"{kpi.description}. {describe_params(params)}."
     html_path = stem.with_suffix(".html")
-    html_path.write_text(report_html(kpi.name, subtitle, chart_svg(series, kpi.chart.kind, kpi.chart.y),
-                                     columns, rows))
+    html_path.write_text(report_html(kpi.name, subtitle, charts.figure(columns, rows, kpi.chart), columns, rows))
     written = [html_path]
     png_path = stem.with_suffix(".png")
-    if write_png(png_path, kpi.name, series, kpi.chart.kind, kpi.chart.y):
+    if kpi.chart.kind in ("line", "bar") and write_png(png_path, kpi.name, chart_series(columns, rows, kpi.chart),
+                                                       kpi.chart.kind, kpi.chart.y):
         written.append(png_path)
     return written
 
