@@ -43,7 +43,6 @@ USERS = 60
 def served(bootstrap, tmp_path_factory):
     """A worker bound to 0.0.0.0 (with TALLY_UI_TOKEN) that consumed 12 days of traffic up to yesterday."""
     from streams.config import Topics
-    from streams.producer.generator import generate_actions, generate_profiles, publish_traffic
 
     prefix = f"d{uuid.uuid4().hex[:8]}-"
     env = {**os.environ, "TALLY_WEB_BIND": "0.0.0.0", "TALLY_UI_TOKEN": TOKEN}
@@ -51,6 +50,15 @@ def served(bootstrap, tmp_path_factory):
                            env=env)
     worker.headers = {"Authorization": f"Bearer {TOKEN}"}
     topics = Topics.with_prefix(prefix)
+    try:
+        yield load_traffic(worker, bootstrap, topics)
+    finally:
+        worker.stop()
+
+
+def load_traffic(worker, bootstrap, topics) -> WorkerProcess:
+    from streams.producer.generator import generate_actions, generate_profiles, publish_traffic
+
     # up to yesterday: events later than now would be dead-lettered as from the future
     actions = list(generate_actions(seed=SEED, start_day=TODAY - dt.timedelta(days=DAYS), days=DAYS, users=USERS,
                                     events_per_day=250))
@@ -65,8 +73,7 @@ def served(bootstrap, tmp_path_factory):
     while worker.query("SELECT count() FROM user_profiles FINAL") != [[USERS]]:
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.5)
-    yield worker
-    worker.stop()
+    return worker
 
 
 @pytest.fixture(scope="module")

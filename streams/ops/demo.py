@@ -161,7 +161,31 @@ def run_demo(args) -> int:
         elif example_person:
             print(f"one person's usage, looked up by email: tally report user_stats --data-dir {data_dir} "
                   f"--user {example_person}")
-    return 130 if interrupted else 1 if failed else 0
+    if interrupted or failed:
+        return 130 if interrupted else 1
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return show_dashboard(settings, serve=not args.no_ui and sys.stdin.isatty() and sys.stdout.isatty())
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def show_dashboard(settings, serve: bool) -> int:
+    """In a terminal, serve the dashboard over the demo's data until Ctrl-C; otherwise say how."""
+    from streams.analyst.dashboard.command import DEFAULT_PORT, serve as serve_dashboard
+
+    if not serve:
+        print(f"the dashboard: tally ui --data-dir {settings.data_dir}, then open http://127.0.0.1:{DEFAULT_PORT}/")
+        return 0
+    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+    return serve_dashboard(settings, "127.0.0.1", port, announce="\nthe demo's dashboard")
 
 
 def report(web: str, settle_s: float = 30.0) -> None:
@@ -220,4 +244,6 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--rate", type=int, default=20000, help="events/s the generator sends at most")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the previous demo's data")
+    parser.add_argument("--no-ui", action="store_true",
+                        help="end without serving the dashboard (in a terminal the demo serves it until Ctrl-C)")
     parser.set_defaults(func=run_demo)
