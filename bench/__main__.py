@@ -99,8 +99,21 @@ def plan_from_args(args: argparse.Namespace):
     return plan
 
 
+def _cli_dashboard(args: argparse.Namespace) -> int:
+    from . import dashboard, report
+    results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               **dashboard.run(Path(args.dashboard), repeats=args.repeats)}
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"dashboard-{stamp}.json")
+    print(f"\nwrote {path}")
+    return 0
+
+
 def _cli_bench(args: argparse.Namespace) -> int:
     from streams.ops.broker import Broker
+
+    if args.dashboard:
+        return _cli_dashboard(args)
 
     from . import report
     from streams.ops.broker import free_port
@@ -146,6 +159,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", help="keep data dirs and logs here (default: a temp dir, removed)")
     parser.add_argument("--profile", metavar="DIR",
                         help="record the Tally worker with py-spy during its throughput run; write the profile to DIR")
+    parser.add_argument("--dashboard", metavar="DATA_DIR",
+                        help="instead: time each dashboard page over this data dir (e.g. from `tally demo --days 30`)")
+    parser.add_argument("--repeats", type=int, default=5, help="with --dashboard: requests per page (default 5)")
     parser.set_defaults(func=_cli_bench)
 
 

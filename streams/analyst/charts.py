@@ -80,7 +80,8 @@ def figure(columns: list[str], rows: list[tuple], chart: Chart, title: str = "")
     layout = {"title": {"text": title}, "margin": {"l": 60, "r": 20, "t": 40 if title else 10, "b": 90},
               "xaxis": {"title": {"text": chart.x}, "automargin": True},
               "yaxis": {"title": {"text": chart.y if len(ys) == 1 else ""}, "rangemode": "tozero"},
-              "showlegend": len(traces) > 1, "legend": {"orientation": "h"}, "hovermode": "closest"}
+              "showlegend": len(traces) > 1, "hovermode": "closest",
+              "legend": {"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"}}
     if chart.kind == "bar":
         layout["barmode"] = "stack" if chart.stacked else "group"
         layout["xaxis"]["type"] = "category"

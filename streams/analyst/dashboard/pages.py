@@ -181,6 +181,19 @@ def panel_params(panel: Panel, kpi, filters: dict, inputs: dict) -> dict:
     return params
 
 
+class _SameQueryOnce:
+    """A page's panels over one target: two panels of one KPI with the same parameters run it once."""
+
+    def __init__(self, target) -> None:
+        self._target, self._answers = target, {}
+
+    def query(self, sql, parameters=None):
+        key = (sql, tuple(sorted((parameters or {}).items())))
+        if key not in self._answers:
+            self._answers[key] = self._target.query(sql, parameters)
+        return self._answers[key]
+
+
 def run_panel(target, panel: Panel, filters: dict, inputs: dict, today: dt.date, bind_people=None) -> dict:
     kpi = kpis.get_kpi(panel.kpi)
     answer = {"id": panel.id, "kpi": kpi.name, "title": panel.title, "description": kpi.description,
@@ -229,7 +242,8 @@ def build_page(target, name: str, query: dict[str, str], today: dt.date, bind_pe
     page = PAGE_BY_NAME[name]
     filters = {**default_filters(today), **{k: query[k] for k in FILTERS if k in query}}
     inputs = {i.name: query.get(i.name, i.default) for i in page.inputs}
-    panels = [run_panel(target, panel, filters, inputs, today, bind_people) for panel in page.panels]
+    once = _SameQueryOnce(target)
+    panels = [run_panel(once, panel, filters, inputs, today, bind_people) for panel in page.panels]
     answer = {"page": page.name, "title": page.title, "description": page.description, "filters": filters,
               "inputs": [{"name": i.name, "label": i.label, "value": inputs[i.name], "choices": list(i.choices),
                           "help": i.help} for i in page.inputs],
