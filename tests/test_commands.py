@@ -44,9 +44,13 @@ CASES = [
     (["migrate", "--clickhouse", NO_SERVER], "cannot reach ClickHouse at http://127.0.0.1:1/db"),
     (["query", "SELECT 1", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),
     (["report", "dau", "--clickhouse", NO_SERVER], "cannot open ClickHouse"),
+    (["ui", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),
     # a data dir that does not exist
     (["query", "SELECT 1", "--data-dir", "MISSING"], "no Tally data in"),
     (["report", "dau", "--data-dir", "MISSING"], "no Tally data in"),
+    (["ui", "--data-dir", "MISSING"], "no Tally data in"),
+    # the dashboard bound beyond this machine without a token
+    (["ui", "--host", "0.0.0.0", "--data-dir", "STORE"], "set TALLY_UI_TOKEN"),
     # a file that does not exist
     (["publish", "NOFILE"], "cannot read"),
     # bad SQL, unknown report, unknown flag
@@ -58,6 +62,7 @@ CASES = [
     (["report", "nosuch", "--data-dir", "STORE"], "unknown report 'nosuch'"),
     (["query", "--nosuch", "SELECT 1"], "tally query: error: unrecognized arguments: --nosuch"),
     (["dlq", "inspect", "--nosuch"], "tally dlq inspect: error: unrecognized arguments: --nosuch"),
+    (["ui", "--nosuch"], "tally ui: error: unrecognized arguments: --nosuch"),
 ]
 
 
