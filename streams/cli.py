@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "streams.ops.dlq",        # tally dlq inspect|replay
     "streams.analyst.query",    # tally query, tally report
     "streams.analyst.dashboard.command",  # tally ui
+    "streams.collector.command",  # tally collect
     "streams.ops.metrics",  # tally metrics
     "bench.__main__",     # tally bench
 ]
@@ -28,15 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tally", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="WARNING")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    parser.missing_extras = set()  # the optional packages commands could not load without
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
+            missing = (exc.name or "").split(".")[0]
+            if missing in WORKER_STACK:  # a producer-only install: the worker's commands are not here
+                parser.missing_extras.add(missing)
+                continue
             if not name.startswith(exc.name or "?"):
                 raise
             continue  # a command module not written yet
         module.add_cli(subparsers)
     return parser
+
+
+# What `pip install 'tally[worker]'` adds to the producer side (the SDK, `tally publish`, `tally generate`).
+WORKER_STACK = {"faust", "mode", "clickhouse_connect", "chdb", "aiohttp", "plotly", "orjson"}
 
 
 def add_settings_args(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +66,14 @@ def settings_from_args(args: argparse.Namespace, **extra):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    words = argv if argv is not None else sys.argv[1:]
+    named = next((w for i, w in enumerate(words) if not w.startswith("-") and (i == 0 or words[i - 1] != "--log-level")),
+                 None)
+    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if parser.missing_extras and named and named not in choices:
+        print(f"error: `tally {named}` is not installed here (it needs {', '.join(sorted(parser.missing_extras))}): "
+              f"pip install 'tally[worker]'", file=sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the sub-command's own usage, not the list of every command
         command_parser(parser, argv if argv is not None else sys.argv[1:]).error(
@@ -103,7 +121,11 @@ def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None
     """One line for a failure a user can meet by the book (the cause, what to do); None for a bug."""
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from streams.store.clickhouse import failure_line as store_failure_line
+    try:
+        from streams.store.clickhouse import failure_line as store_failure_line
+    except ModuleNotFoundError:  # a producer-only install has no store
+        def store_failure_line(*_):
+            return None
     from streams.store.pseudonym_key import KeyMismatch
 
     bootstrap = getattr(args, "bootstrap", None) or "the broker"

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "streams"
-LAYERS = ("contract", "stages", "runtime", "store", "analyst", "producer", "ops")
+LAYERS = ("contract", "stages", "runtime", "store", "analyst", "producer", "collector", "ops")
 
 
 def module_name(path: Path) -> str:
@@ -82,6 +82,15 @@ def test_the_producer_side_needs_no_worker_stack():
     """A tool's web server imports the SDK: it must not pull Faust, ClickHouse or the runtime."""
     producer_side = {m: imports for m, imports in SOURCES.items()
                      if m.startswith("streams.producer.") and m != "streams.producer.generator"}
-    heavy = ("faust", "clickhouse_connect", "chdb", "streams.runtime", "streams.store", "streams.analyst")
+    heavy = ("faust", "clickhouse_connect", "chdb", "aiohttp", "streams.runtime", "streams.store",
+             "streams.analyst", "streams.collector")
     assert {m: sorted(i for i in imports if i.startswith(heavy)) for m, imports in producer_side.items()
             if any(i.startswith(heavy) for i in imports)} == {}
+
+
+def test_the_collector_is_stateless():
+    """It turns bodies into events and hands them to Kafka: no store, no Faust, no analyst."""
+    forbidden = ("faust", "clickhouse_connect", "chdb", "streams.runtime", "streams.store", "streams.analyst",
+                 "streams.ops")
+    assert {m for m, imports in SOURCES.items() if layer(m) == "collector"
+            and any(i.startswith(forbidden) for i in imports)} == set()

@@ -118,6 +118,16 @@ class Tracker:
         except Exception:
             self._internal_error()
 
+    def record(self, fields: dict) -> None:
+        """Record an action measured elsewhere (another tool's action log, e.g. Amundsen's): `fields`
+        by the contract's names (command, start/end epoch ms, user, host_name, the arguments' JSON,
+        output, error, the front-end fields, properties). Never raises."""
+        try:
+            fields = dict(fields)
+            self._enqueue(fields.pop("user", None), fields)
+        except Exception:
+            self._internal_error()
+
     def action_logging(self, func: Callable) -> Callable:
         """Decorator recording each call as Amundsen's action_logging does; the call itself is untouched."""
         return _decorate(func, lambda: self)
@@ -281,8 +291,8 @@ class Tracker:
             return self._build_as_is(valid_text(fields))
 
     def _build_as_is(self, fields: dict) -> UserAction:
-        action = UserAction(host_name=self.options.host_name, app=self.app, schema_version=SCHEMA_VERSION,
-                            **{k: v for k, v in fields.items() if k != "properties"})
+        action = UserAction(**{"host_name": self.options.host_name, "app": self.app, "schema_version": SCHEMA_VERSION,
+                               **{k: v for k, v in fields.items() if k != "properties"}})
         if fields.get("properties"):
             action.properties.update(fields["properties"])
         return action
