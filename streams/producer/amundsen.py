@@ -41,7 +41,7 @@ def action_fields(params: Any) -> dict:
               "pos_args_json": str(getattr(params, "pos_args_json", "") or "[]"),
               "keyword_args_json": str(getattr(params, "keyword_args_json", "") or "{}")}
     output = getattr(params, "output", None)
-    if output is not None:
+    if output is not None and output != "null":  # Amundsen's json.dumps of a call that returned None
         fields["output"] = truncate_utf8(output if isinstance(output, str) else to_json(output), MAX_TEXT_BYTES)
     error = getattr(params, "error", None)
     if error is not None:
