@@ -115,7 +115,7 @@ def _cli_bench(args: argparse.Namespace) -> int:
     if args.dashboard:
         return _cli_dashboard(args)
 
-    from . import report
+    from . import procstat, report
     from streams.ops.broker import free_port
     plan = plan_from_args(args)
     # a terminated run still stops its workers and broker (the finally blocks run on SystemExit)
@@ -129,17 +129,24 @@ def _cli_bench(args: argparse.Namespace) -> int:
             print("starting a Kafka broker for the run ...")
             broker = Broker(home=work_dir / "kafka", port=free_port(), controller_port=free_port()).start()
             bootstrap = broker.bootstrap
-        results = run_bench(plan, bootstrap, work_dir,
-                            profile_dir=Path(args.profile) if args.profile else None)
+        if args.collector:
+            from . import collector
+            results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "machine": procstat.machine(), **collector.run(bootstrap)}
+        else:
+            results = run_bench(plan, bootstrap, work_dir,
+                                profile_dir=Path(args.profile) if args.profile else None)
     finally:
         if broker is not None:
             broker.stop()
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"bench-{stamp}.json")
-    print()
-    print(report.table(results))
+    kind = "collector" if args.collector else "bench"
+    path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"{kind}-{stamp}.json")
+    if not args.collector:
+        print()
+        print(report.table(results))
     print(f"\nwrote {path}")
     return 0
 
@@ -161,6 +168,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record the Tally worker with py-spy during its throughput run; write the profile to DIR")
     parser.add_argument("--dashboard", metavar="DATA_DIR",
                         help="instead: time each dashboard page over this data dir (e.g. from `tally demo --days 30`)")
+    parser.add_argument("--collector", action="store_true",
+                        help="instead: tally collect's events/s and CPU with Segment batches of 100, beside a bare "
+                             "HTTP+JSON server")
     parser.add_argument("--repeats", type=int, default=5, help="with --dashboard: requests per page (default 5)")
     parser.set_defaults(func=_cli_bench)
 
