@@ -53,6 +53,9 @@ CASES = [
     (["ui", "--host", "0.0.0.0", "--data-dir", "STORE"], "set TALLY_UI_TOKEN"),
     # a file that does not exist
     (["publish", "NOFILE"], "cannot read"),
+    (["collect", "--keys", "NOFILE"], "cannot read the collector's keys file"),
+    (["collect", "--keys", "GOOD"], "needs `keys:` mapping each write key or api key to an app name"),
+    (["collect"], "the collector needs its keys file"),
     # bad SQL, unknown report, unknown flag
     (["query", "SELEC app FROM user_actions", "--data-dir", "STORE"], "'SELEC' is not a keyword of a query; did you mean SELECT?"),
     (["query", "SELECT nosuch FROM user_actions", "--data-dir", "STORE"], "nosuch"),
