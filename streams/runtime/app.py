@@ -20,7 +20,6 @@ import json
 import logging
 import socket
 import time
-from collections import defaultdict
 
 import faust
 
@@ -28,14 +27,15 @@ from streams.config import Settings
 from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, steps_by_size
 from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
 from streams.runtime.durable import DurableWrites
-from streams.runtime.kafka_internals import producer_client, table_delete, table_set, track_topics
+from streams.runtime.kafka_internals import producer_client, track_topics
 from streams.runtime.profiles import ProfileUpdates
-from streams.runtime.partitions import WATERMARK_KEY, PartitionOwnership
+from streams.runtime.partitions import PartitionOwnership
+from streams.runtime.steps import InputActivity, StepRunner, cut
 from streams.runtime.totals import Totals
 from streams.stages.alerts import AlertEngine, load_rules
 from streams.stages.enrich import load_mapping
-from streams.stages.flow import Stages, process_batch, unpack
-from streams.stages.outcome import BatchCounts, Source
+from streams.stages.flow import Stages
+from streams.stages.outcome import BatchCounts
 from streams.stages.scrub import Scrubber, load_policy, scrub_logs
 from streams.stages.validate import Limits
 from streams.store import clickhouse, pseudonym_key
@@ -65,10 +65,7 @@ class Pipeline:
         self.scrubber = Scrubber(load_policy(settings.scrub_policy, settings.hmac_key))
         pseudonym_key.check_store(self.writer.client, self.scrubber.policy.hmac_key.decode("utf-8"))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
-        self.last_input: dict[int, float] = {}  # input partition -> monotonic time of its last message
-        self.last_step = time.monotonic()  # when the actions agent last took messages
-        self.reported_idle: set[int] = set()
-        self.started = time.monotonic()
+        self.activity = InputActivity()
         self.stopped = False
         self.pending = PendingBatch()
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
@@ -83,6 +80,8 @@ class Pipeline:
                                               self.stages, self.scrubber, self.writer, self.retry)
         self.ownership = PartitionOwnership(self.active_days, self.writer, settings.allowed_lateness_days,
                                             self.stages.limits.allowed_lateness_ms)
+        self.steps = StepRunner(self.stages, self.ownership, self.profile_updates, self.actions_order, self.activity,
+                                self.stage_times)
         self.totals = Totals(self.metric_totals, AlertEngine(load_rules(settings.alert_rules)))
 
     # what /stats/ and /metrics/ read
@@ -183,13 +182,11 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topics.user_actions:
                 self.ownership.revoke(tp.partition)
-                self.reported_idle.discard(tp.partition)  # its next owner reports it
+                self.activity.forget(tp.partition)
             for order in self.ordered_topics:
                 if tp.topic == order.topic:
                     order.forget(tp.partition)
         self.profile_updates.forget_index()  # rebuilt from the recovered table on the next batch
-
-    # ---- per-partition state --------------------------------------------------------------
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
@@ -211,7 +208,7 @@ class Pipeline:
                     partitions = {event.message.partition for event in events}
                     await self.guard.learn_where_partitions_start(self.actions_order, partitions)
                     await self.ownership.take_on(partitions)
-                    self.run_stages(events, self.pending)
+                    self.steps.run(events, self.pending)
                     await self.guard.keep_in_order(self.actions_order)
                     if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
                         while self.in_flight is not None and not self.in_flight.done():
@@ -225,7 +222,7 @@ class Pipeline:
 
     def _idle_for(self, seconds: float) -> bool:
         """No step for `seconds`, nothing pending, nothing in flight."""
-        return (time.monotonic() - self.last_step >= seconds and not self.pending.events
+        return (time.monotonic() - self.activity.last_step >= seconds and not self.pending.events
                 and (self.in_flight is None or self.in_flight.done()))
 
     def _pending_is_due(self) -> bool:
@@ -256,46 +253,19 @@ class Pipeline:
         idle-source problem of event time). Their next data makes them count again."""
         if self.stopped or self.pending.events or (self.in_flight is not None and not self.in_flight.done()):
             return
-        consumer = self.app.consumer
-        quiet_since = time.monotonic() - self.settings.idle_partition_seconds
-        idle = []
-        for tp in consumer.assignment():
-            partition = tp.partition
-            if (tp.topic != self.settings.topics.user_actions or partition in self.reported_idle
-                    or self.last_input.get(partition, self.started) > quiet_since):
-                continue
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not fetched yet
-                continue
-            if high is not None and self.consumed_offsets.get(partition, -1) + 1 >= high:
-                idle.append(partition)
+        idle = self.activity.quiet_partitions(self.app.consumer, self.settings.topics.user_actions,
+                                              self.consumed_offsets, self.settings.idle_partition_seconds)
         if idle:
             partial = {"partitions": {p: {"idle": True} for p in idle}, "counts": []}
             await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode())
-            self.reported_idle.update(idle)
+            self.activity.reported_idle.update(idle)
 
     def _cut_and_flush(self) -> None:
-        """Cut the pending batch. Its state changes are snapshotted here, synchronously, before any
-        later step can run: each partition's changed buckets and watermark become changelog sends,
-        and its counts and progress one partials message."""
+        """Cut the pending batch, its state changes snapshotted now (`steps.cut`), and make it durable."""
         if not self.pending.events:  # the ticker cut it while this waited
             return
         batch, self.pending = self.pending, PendingBatch()
-        sends = []
-        for partition, state in batch.states.items():
-            for bucket, users in state.activity.take_changed_buckets().items():
-                key = f"{partition}|{bucket}"
-                sends.append(table_set(self.active_days, partition, key, users) if users
-                             else table_delete(self.active_days, partition, key))
-            if state.watermark_ms:
-                sends.append(table_set(self.active_days, partition, f"{partition}|{WATERMARK_KEY}",
-                                       state.watermark_ms))
-        # one message with every partition's changed counts and progress: the totals agent applies
-        # all the counts before it moves the watermark, so no day is judged on half its values
-        partial = {"partitions": batch.progress,
-                   "counts": [[p, m, a, d, c] for (p, m, a, d), c in batch.metric_counts.items()]}
-        self.in_flight = asyncio.ensure_future(self._make_durable_and_ack(DurableWrite(batch, sends, partial)))
+        self.in_flight = asyncio.ensure_future(self._make_durable_and_ack(cut(batch, self.active_days)))
 
     async def _make_durable_and_ack(self, write: DurableWrite) -> None:
         try:
@@ -309,58 +279,6 @@ class Pipeline:
             raise
         for event in write.batch.events:
             await self._actions_stream.ack(event)
-
-
-    def run_stages(self, events, batch: PendingBatch) -> PendingBatch:
-        """The CPU part of a step: every partition's messages through `process_batch`, the results
-        added to `batch`."""
-        started, started_cpu = time.perf_counter(), time.thread_time()
-        by_partition: dict[int, list] = defaultdict(list)
-        offsets = batch.offsets
-        now_ms = int(time.time() * 1000)
-        if not batch.events:
-            batch.started = time.monotonic()  # a batch's age counts from its first event
-        order = self.actions_order
-        for event in events:
-            message = event.message
-            if not admit_in_order(order, message):
-                continue
-            batch.events.append(event)
-            source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
-            items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
-            by_partition[message.partition].extend(items)
-            if bad_envelope is not None:
-                batch.letters.append(bad_envelope)
-                batch.counts.count_dead_letter(bad_envelope.reason)
-            low, _ = offsets.get(message.partition, (message.offset, message.offset))
-            offsets[message.partition] = (low, message.offset)
-
-        step_time = self.last_step = time.monotonic()
-        for partition, messages in by_partition.items():  # every partition with a message in this step
-            self.last_input[partition] = step_time
-            self.reported_idle.discard(partition)
-            state = batch.states[partition] = self.ownership.state_for(partition)
-            result = process_batch(messages, state, self.stages, self.profile_updates.index())
-            batch.add_rows(result.columns)
-            batch.letters.extend(result.dead_letters)
-            batch.reroutes.extend(result.reroutes)
-            if result.corrections:
-                batch.corrections.setdefault(partition, set()).update(result.corrections)
-            batch.counts.add(result.counts)
-            for (metric, app, day), count in result.metric_counts.items():
-                batch.metric_counts[(partition, metric, app, day)] = count
-            if state.watermark_ms:
-                newest = batch.progress.get(partition, {}).get("newest_event_ms", {})
-                for app, ms in result.newest_event_ms.items():
-                    newest[app] = max(ms, newest.get(app, 0))
-                batch.progress[partition] = {"watermark_ms": state.watermark_ms,
-                                             "watermark_day": state.activity.watermark_day,
-                                             "newest_event_ms": newest}
-        times = self.stage_times
-        times.events += sum(map(len, by_partition.values()))
-        times.cpu_seconds += time.thread_time() - started_cpu
-        times.seconds += time.perf_counter() - started
-        return batch
 
     async def profiles_agent(self, stream) -> None:
         await self.track_output_topics()
