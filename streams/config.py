@@ -29,6 +29,7 @@ class Settings:
     app_id: str = "tally"             # Faust app id = consumer group
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4               # partitions of the input topic (keyed by user)
+    replication: int = 1              # replicas of the topics the worker creates (3 on a cluster)
     web_port: int = 6066
     web_bind: str = "127.0.0.1"       # 0.0.0.0 in a container, for probes and scrapes
     admin_sql: bool = False           # POST /query/ may change data and tables (else read-only)
@@ -83,6 +84,8 @@ def from_env(**overrides) -> Settings:
         values["web_port"] = int(env["TALLY_WEB_PORT"])
     if "TALLY_WEB_BIND" in env:
         values["web_bind"] = env["TALLY_WEB_BIND"]
+    if "TALLY_REPLICATION" in env:
+        values["replication"] = int(env["TALLY_REPLICATION"])
     prefix = overrides.pop("topic_prefix", None)
     if prefix:
         values["topics"] = Topics.with_prefix(prefix)

@@ -38,7 +38,7 @@ def test_cluster_ddl_has_the_columns_of_the_migrations():
 
 def test_deploy_manifests_parse_and_run_the_worker():
     compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
-    assert {"kafka", "clickhouse"} <= set(compose["services"])
+    assert {"kafka-1", "kafka-2", "kafka-3", "clickhouse"} <= set(compose["services"])
     assert any("worker" in " ".join(map(str, service.get("command", []) or []))
                for service in compose["services"].values())
     documents = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()) if d]
@@ -70,3 +70,52 @@ def test_deployed_workers_listen_beyond_localhost_and_keep_sql_read_only():
     assert all({"name": "TALLY_WEB_BIND", "value": "0.0.0.0"} in c["env"] for c in containers)
     commands = [" ".join(map(str, worker["command"]))] + [" ".join(map(str, c.get("args", []))) for c in containers]
     assert not any("--admin-sql" in command for command in commands)
+
+
+def local_cluster_settings(tmp_path) -> dict[str, str]:
+    """What `tally broker start --nodes 3` writes into a node's server.properties."""
+    from streams.ops.broker import Cluster
+    node = Cluster(home=tmp_path, nodes=3).members[0]
+    node.home.mkdir(parents=True)
+    config = node._write_config().read_text()
+    return dict(line.split("=", 1) for line in config.splitlines() if "=" in line)
+
+
+KAFKA_SETTINGS = ("process.roles", "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                  "transaction.state.log.min.isr", "default.replication.factor", "min.insync.replicas",
+                  "controller.listener.names")
+
+
+def test_the_deployed_kafka_clusters_match_the_local_one(tmp_path):
+    local = local_cluster_settings(tmp_path)
+    assert (local["default.replication.factor"], local["min.insync.replicas"]) == ("3", "2")
+    assert len(local["controller.quorum.voters"].split(",")) == 3
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    nodes = [compose["services"][f"kafka-{i}"]["environment"] for i in (1, 2, 3)]
+    k8s = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/kafka.yaml").read_text()) if d]
+    (statefulset,) = [d for d in k8s if d["kind"] == "StatefulSet"]
+    assert statefulset["spec"]["replicas"] == 3
+    k8s_env = {e["name"]: e["value"] for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    def as_env(name: str) -> str:
+        return "KAFKA_" + name.upper().replace(".", "_")
+    for setting in KAFKA_SETTINGS:
+        for where, env in [(f"compose kafka-{i + 1}", n) for i, n in enumerate(nodes)] + [("k8s", k8s_env)]:
+            assert str(env[as_env(setting)]) == local[setting], f"{where}: {setting}"
+    for env in [*nodes, k8s_env]:
+        assert len(str(env["KAFKA_CONTROLLER_QUORUM_VOTERS"]).split(",")) == 3
+        assert str(env["KAFKA_LISTENERS"]) == "PLAINTEXT://:9092,CONTROLLER://:9093"
+    assert [n["KAFKA_NODE_ID"] for n in nodes] == [1, 2, 3]
+    assert len({n["KAFKA_ADVERTISED_LISTENERS"] for n in nodes}) == 3
+
+
+def test_deployed_workers_reach_every_kafka_node_and_replicate_their_topics():
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()) if d]
+    containers = [c for d in documents if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]]
+    for args in [compose["services"]["worker"]["command"]] + [c["args"] for c in containers]:
+        args = list(map(str, args))
+        assert len(args[args.index("--bootstrap") + 1].split(",")) == 3
+        assert args[args.index("--replication") + 1] == "3"
+    for container in containers:
+        assert container["readinessProbe"]["httpGet"]["path"] == "/stats/"

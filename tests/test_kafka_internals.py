@@ -67,3 +67,15 @@ def test_each_routine_message_is_still_said_by_its_library(logger_name, start):
     import importlib
     module = importlib.import_module(logger_name)
     assert start in inspect.getsource(module), f"{logger_name} no longer logs {start!r}"
+
+
+def test_the_worker_creates_its_changelogs_as_faust_names_them(app):
+    """The worker creates its tables' changelog topics before Faust starts (`internal_topics`): the
+    names and partition counts must be the ones Faust then writes to."""
+    from streams.config import Settings
+    from streams.runtime.app import TABLES, internal_topics
+    counts, changelogs = internal_topics(Settings(app_id=app.conf.id, partitions=6))
+    for name, partitions in TABLES.items():
+        table = app.Table(name, key_type=str, partitions=partitions or 6)
+        assert counts[table.changelog_topic.get_topic_name()] == table.partitions
+        assert table.changelog_topic.get_topic_name() in changelogs

@@ -82,7 +82,7 @@ def stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
 
 
 def run_demo(args) -> int:
-    from streams.ops.broker import broker_for
+    from streams.ops.broker import broker_for, cluster_for
     from streams.config import from_env
 
     data_dir = Path(args.data_dir or ".tally/demo")
@@ -100,7 +100,14 @@ def run_demo(args) -> int:
     interrupted = False
     failed = example_person = ""
     try:
-        if not args.bootstrap:
+        replication = []
+        if not args.bootstrap and args.cluster:
+            broker = cluster_for(settings, 3)
+            print(f"starting a Kafka cluster (KRaft, three nodes) on {broker.bootstrap} ...", flush=True)
+            broker.start()
+            settings = from_env(data_dir=data_dir, bootstrap=broker.bootstrap)
+            replication = ["--replication", "3"]
+        elif not args.bootstrap:
             broker = broker_for(settings)
             print(f"starting Kafka (KRaft, single node) on {broker.bootstrap} ...", flush=True)
             broker.start()
@@ -108,7 +115,8 @@ def run_demo(args) -> int:
         worker_log = open(data_dir / "worker.log", "ab")
         stream = stream_args(data_dir) if args.bootstrap else []
         worker = subprocess.Popen([*tally, "worker", "--data-dir", str(data_dir), "--bootstrap", settings.bootstrap,
-                                   "--web-port", str(web_port), *stream], stdout=worker_log, stderr=subprocess.STDOUT)
+                                   "--web-port", str(web_port), *stream, *replication], stdout=worker_log,
+                                  stderr=subprocess.STDOUT)
         wait_for_worker(web, worker)
         start_day = dt.date.today() - dt.timedelta(days=args.days)
         print(f"generating {args.days} days of traffic from {start_day} for {args.users} users "
@@ -237,6 +245,8 @@ def most_active_person(web: str, settings, seed: int, users: int) -> str:
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run broker, worker and traffic generator live, then report")
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting one")
+    parser.add_argument("--cluster", action="store_true",
+                        help="start a three-node Kafka cluster (topics replicated 3x) instead of one broker")
     parser.add_argument("--data-dir", help="where the demo keeps its state (default .tally/demo)")
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--users", type=int, default=400)

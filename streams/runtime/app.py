@@ -106,7 +106,8 @@ class Pipeline:
             store="memory://",
             datadir=str(s.data_dir / "faust"),
             topic_partitions=s.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=s.replication,
+            producer_acks=-1,  # acks=all: a send is kept by every in-sync replica (2 of 3 on a cluster)
             consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4096, s.take_messages * 2),
             broker_max_poll_records=max(500, s.take_messages),  # fewer hops to the consumer thread
@@ -137,9 +138,9 @@ class Pipeline:
                                         value_serializer="raw", partitions=1, internal=True)
 
         # str keys, JSON values (lists of day ordinals, small dicts)
-        self.active_days = app.Table("active_days", key_type=str, partitions=s.partitions)
-        self.profiles = app.Table("profiles", key_type=str, partitions=s.partitions)
-        self.metric_totals = app.Table("metric_totals", key_type=str, partitions=1)
+        self.active_days = app.Table("active_days", key_type=str, partitions=TABLES["active_days"] or s.partitions)
+        self.profiles = app.Table("profiles", key_type=str, partitions=TABLES["profiles"] or s.partitions)
+        self.metric_totals = app.Table("metric_totals", key_type=str, partitions=TABLES["metric_totals"])
 
         app.agent(self.actions_topic, name="actions")(self.actions_agent)
         app.agent(self.profiles_topic, name="profiles")(self.profiles_agent)
@@ -310,6 +311,19 @@ class Pipeline:
     def current_totals(self, metric: str | None = None, app: str | None = None) -> list[dict]:
         """The exact totals, from the worker that owns them; [] on the others (their copy may be stale)."""
         return self.totals.current(metric, app) if self.owns_totals() else []
+
+
+TABLES = {"active_days": None, "profiles": None, "metric_totals": 1}  # table -> partitions (None: the input's)
+
+
+def internal_topics(settings: Settings) -> tuple[dict[str, int], set[str]]:
+    """The worker's own topics (the partials, the tables' changelogs) with their partition counts,
+    named as Faust names them, to create before Faust starts: a producer's metadata request would
+    otherwise create one first with the broker's default count, and a changelog with fewer
+    partitions than the table breaks the first send to a missing one."""
+    counts = {f"{settings.app_id}-{PARTIALS_TOPIC}": 1}
+    changelogs = {f"{settings.app_id}-{table}-changelog": n or settings.partitions for table, n in TABLES.items()}
+    return {**counts, **changelogs}, set(changelogs)
 
 
 def create_app(settings: Settings) -> Pipeline:

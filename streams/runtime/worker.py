@@ -19,7 +19,7 @@ def worker_file(data_dir: Path) -> Path:
 def run_worker(settings, loglevel: str = "WARNING") -> None:
     import faust
 
-    from streams.runtime.app import create_app
+    from streams.runtime.app import create_app, internal_topics
     from streams.ops.broker import create_topics, pipeline_topics
     from streams.store import pseudonym_key
 
@@ -31,7 +31,8 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
         log.info("pseudonym key: %s (TALLY_HMAC_KEY is not set); workers that share partitions "
                  "must share one key: set TALLY_HMAC_KEY", pseudonym_key.key_path(settings.data_dir))
     counts, compacted = pipeline_topics(settings)
-    asyncio.run(create_topics(settings.bootstrap, counts, compacted))
+    own, changelogs = internal_topics(settings)
+    asyncio.run(create_topics(settings.bootstrap, {**counts, **own}, compacted | changelogs, settings.replication))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
     pipeline = create_app(settings)
     # Batches make many short-lived objects; the default GC thresholds rescan the long-lived state
@@ -65,6 +66,9 @@ def add_cli(subparsers) -> None:
                         help="let POST /query/ change data and tables (an operator's local worker; never on a "
                              "shared port). Without it, queries run read-only")
     parser.add_argument("--partitions", type=int, help="partitions of the input topic (default 4)")
+    parser.add_argument("--replication", type=int,
+                        help="replicas of the topics the worker creates: 3 on a three-node cluster (default 1; "
+                             "env TALLY_REPLICATION)")
     parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert (about; default 20000)")
     parser.add_argument("--batch-seconds", type=float, help="seconds a batch may wait to fill")
     parser.add_argument("--app-id", help="Faust app id = Kafka consumer group (default tally)")
@@ -85,7 +89,7 @@ def settings_for_worker(args):
     from streams.cli import settings_from_args
     return settings_from_args(
         args, web_port=args.web_port, web_bind=args.web_bind, admin_sql=args.admin_sql,
-        partitions=args.partitions, sink_batch_size=args.batch_size,
+        partitions=args.partitions, replication=args.replication, sink_batch_size=args.batch_size,
         sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
         idle_partition_seconds=args.idle_seconds,
         alert_rules=Path(args.alert_rules) if args.alert_rules else None,
