@@ -256,7 +256,12 @@ class Cluster:
         return self
 
     def stop(self, timeout: float = 30.0) -> bool:
-        return any([member.stop(timeout) for member in self.members])
+        """SIGTERM to every node at once (one by one, the last ones would wait for a quorum that is
+        leaving), then each is waited for (SIGKILL after `timeout`)."""
+        members = [m for m in self.members if m.pid() is not None]
+        for member in members:
+            os.killpg(member.pid(), signal.SIGTERM)
+        return any([member.stop(timeout) for member in members])
 
     def node(self, node_id: int) -> Broker:
         return self.members[node_id - 1]
