@@ -117,5 +117,7 @@ def test_deployed_workers_reach_every_kafka_node_and_replicate_their_topics():
         args = list(map(str, args))
         assert len(args[args.index("--bootstrap") + 1].split(",")) == 3
         assert args[args.index("--replication") + 1] == "3"
-    for container in containers:
-        assert container["readinessProbe"]["httpGet"]["path"] == "/stats/"
+    for container in containers:  # the worker's own health endpoints (streams/runtime/web.py)
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz/"
+    assert "/readyz/" in " ".join(compose["services"]["worker"]["healthcheck"]["test"])

@@ -27,6 +27,7 @@ from streams.config import Settings
 from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, steps_by_size
 from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
 from streams.runtime.durable import DurableWrites
+from streams.runtime.health import KAFKA_CHECK_SECONDS, KAFKA_TIMEOUT_SECONDS, KafkaAnswers
 from streams.runtime.kafka_internals import producer_client, track_topics
 from streams.runtime.profiles import ProfileUpdates
 from streams.runtime.partitions import PartitionOwnership
@@ -66,6 +67,7 @@ class Pipeline:
         pseudonym_key.check_store(self.writer.client, self.scrubber.policy.hmac_key.decode("utf-8"))
         self.stages = Stages(Limits.from_settings(settings), load_mapping(), self.scrubber, settings.partitions)
         self.activity = InputActivity()
+        self.kafka_answers = KafkaAnswers()
         self.stopped = False
         self.pending = PendingBatch()
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
@@ -146,6 +148,7 @@ class Pipeline:
         app.agent(self.profiles_topic, name="profiles")(self.profiles_agent)
         app.agent(self.partials_topic, name="totals")(self.totals_agent)
         app.timer(s.metric_interval_seconds)(self.flush_metrics)
+        app.timer(KAFKA_CHECK_SECONDS)(self.check_kafka)
         app.task(self.install_log_scrubbing)
         app.on_partitions_revoked.connect(self.on_partitions_revoked)
         app.on_before_shutdown.connect(self.on_shutdown)
@@ -302,6 +305,18 @@ class Pipeline:
             return
         await self.track_output_topics()
         await self.totals.publish(self.metrics_topic, self.alerts_topic)
+
+    async def check_kafka(self) -> None:
+        """A metadata request on the worker's producer client: does Kafka answer (for /readyz/)?"""
+        try:
+            ok = await asyncio.wait_for(producer_client(self.app).force_metadata_update(), KAFKA_TIMEOUT_SECONDS)
+        except Exception:
+            ok = False
+        if not ok and self.kafka_answers.ok:
+            log.warning("Kafka did not answer a metadata request within %.0f s: not ready", KAFKA_TIMEOUT_SECONDS)
+        elif ok and not self.kafka_answers.ok:
+            log.info("Kafka answers again")
+        self.kafka_answers.answered(bool(ok))
 
     # ---- views for the web endpoint ---------------------------------------------------------
     def owns_totals(self) -> bool:

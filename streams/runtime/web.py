@@ -1,7 +1,8 @@
 """The worker's HTTP endpoint (Faust's web server, on 127.0.0.1:web_port).
 
     GET  /active-users?metric=&app=   current exact totals, JSON (for `tally metrics`, dashboards)
-    GET  /stats                       pipeline counters, JSON
+    GET  /stats                       pipeline counters, JSON (with the readiness below)
+    GET  /healthz  /readyz            alive; ready (consuming, ClickHouse writable, Kafka answering, not stalled)
     GET  /metrics                     the same as Prometheus text
     POST /query  {"sql", "parameters"}  runs SQL on this worker's ClickHouse (chDB has one owner)
     GET  /ui/                         the dashboard (streams/analyst/dashboard), over this worker's data
@@ -58,7 +59,15 @@ async def _stats(pipeline) -> dict:
         "consumer_lag": lag, "metric_updates": pipeline.metrics_emitted,
         "offset_holes": dict(pipeline.offset_holes),
         "alerts_firing": pipeline.alerts.state(),
+        "health": await _readiness(pipeline, lag),
     }
+
+
+async def _readiness(pipeline, lag: dict | None = None) -> dict:
+    from streams.runtime.health import readiness
+    lag = await consumer_lag(pipeline) if lag is None else lag
+    return readiness(len(lag), sum(lag.values()), pipeline.activity.last_step, pipeline.writer.stats,
+                     pipeline.kafka_answers)
 
 
 def prometheus_text(stats: dict) -> str:
@@ -108,6 +117,17 @@ def register(app, pipeline) -> None:
     class Stats(View):
         async def get(self, request):
             return self.json(await _stats(pipeline))
+
+    @app.page("/healthz/")
+    class Alive(View):
+        async def get(self, request):
+            return self.json({"alive": True})
+
+    @app.page("/readyz/")
+    class Ready(View):
+        async def get(self, request):
+            answer = await _readiness(pipeline)
+            return self.json(answer, status=200 if answer["ready"] else 503)
 
     @app.page("/metrics/")
     class Metrics(View):

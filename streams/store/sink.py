@@ -142,6 +142,8 @@ class SinkStats:
     last_batch_rows: int = 0
     max_batch_rows: int = 0
     failed_inserts: int = 0  # inserts ClickHouse did not take (each retry of an outage, each refused part)
+    last_failure_at: float = 0.0  # monotonic time of the last insert ClickHouse did not take
+    last_success_at: float = 0.0  # ... and of the last it took
 
 
 class ClickHouseWriter:
@@ -178,6 +180,7 @@ class ClickHouseWriter:
                                        settings={"insert_deduplication_token": dedup_token})
             except Exception as exc:
                 self.stats.failed_inserts += 1
+                self.stats.last_failure_at = time.monotonic()
                 if isinstance(exc, DatabaseError) and exc.code in ROW_ERROR_CODES:
                     raise RefusedRows(first_line(exc, limit=1000)) from exc
                 raise
@@ -185,6 +188,7 @@ class ClickHouseWriter:
             stats.insert_seconds += time.perf_counter() - started
             stats.insert_cpu_seconds += time.thread_time() - started_cpu
             stats.inserts += 1
+            stats.last_success_at = time.monotonic()
             stats.rows += rows
             stats.last_batch_rows = rows
             stats.max_batch_rows = max(stats.max_batch_rows, rows)
