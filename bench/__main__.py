@@ -129,10 +129,14 @@ def _cli_bench(args: argparse.Namespace) -> int:
             print("starting a Kafka broker for the run ...")
             broker = Broker(home=work_dir / "kafka", port=free_port(), controller_port=free_port()).start()
             bootstrap = broker.bootstrap
+        stamp_fields = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "machine": procstat.machine()}
         if args.collector:
             from . import collector
-            results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "machine": procstat.machine(), **collector.run(bootstrap)}
+            results = {**stamp_fields, **collector.run(bootstrap)}
+        elif args.scale:
+            from . import scale
+            results = {**stamp_fields, **scale.run(bootstrap, work_dir, plan)}
         else:
             results = run_bench(plan, bootstrap, work_dir,
                                 profile_dir=Path(args.profile) if args.profile else None)
@@ -142,9 +146,9 @@ def _cli_bench(args: argparse.Namespace) -> int:
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    kind = "collector" if args.collector else "bench"
+    kind = "collector" if args.collector else "scale" if args.scale else "bench"
     path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"{kind}-{stamp}.json")
-    if not args.collector:
+    if kind == "bench":
         print()
         print(report.table(results))
     print(f"\nwrote {path}")
@@ -171,6 +175,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collector", action="store_true",
                         help="instead: tally collect's events/s and CPU with Segment batches of 100, beside a bare "
                              "HTTP+JSON server")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: one worker against two in one consumer group over the same input")
     parser.add_argument("--repeats", type=int, default=5, help="with --dashboard: requests per page (default 5)")
     parser.set_defaults(func=_cli_bench)
 
