@@ -54,6 +54,10 @@ CASES = [
     ("half a surrogate pair in kwargs", good(keyword_args_json='{"search_term": "a\\ud800b"}').SerializeToString(), 0,
      outcome.INVALID_JSON),
     ("half a surrogate pair in args", good(pos_args_json='["\\uDFFF"]').SerializeToString(), 0, outcome.INVALID_JSON),
+    ("args nested deeper than the parser recurses", good(pos_args_json="[" * 20_000 + "]" * 20_000)
+     .SerializeToString(), 0, outcome.INVALID_JSON),
+    ("kwargs nested just below that: parsed", good(keyword_args_json='{"a": ' + "[" * 500 + "]" * 500 + "}")
+     .SerializeToString(), 0, None),
     ("an escaped emoji (a whole pair)", good(keyword_args_json='{"search_term": "\\ud83d\\ude00"}').SerializeToString(),
      0, None),
     ("invalid utf-8", good(user="ANN").SerializeToString().replace(b"ANN", b"\xff\xfeN"), 0, outcome.INVALID_UTF8),

@@ -126,6 +126,8 @@ def parse_json(text: str, name: str, expected: type):
         value = json.loads(text)
     except ValueError as exc:
         raise Rejected(INVALID_JSON, f"{name} is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[...]]]]" deeper than the parser recurses
+        raise Rejected(INVALID_JSON, f"{name} is nested too deep to parse ({len(text)} chars)") from None
     if not isinstance(value, expected):
         raise Rejected(INVALID_JSON, f"{name} must be a JSON {expected.__name__}, got {type(value).__name__}")
     if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
