@@ -100,9 +100,15 @@ def plan_from_args(args: argparse.Namespace):
 
 
 def _cli_dashboard(args: argparse.Namespace) -> int:
+    from streams.analyst.query import QueryError
+
     from . import dashboard, report
-    results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               **dashboard.run(Path(args.dashboard), repeats=args.repeats)}
+    try:
+        results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   **dashboard.run(Path(args.dashboard), repeats=args.repeats)}
+    except (QueryError, dashboard.NoData) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"dashboard-{stamp}.json")
     print(f"\nwrote {path}")

@@ -15,6 +15,10 @@ BASELINE_SQL = "SELECT count(), uniqExact(user) FROM user_actions FINAL"
 SPAN_SQL = "SELECT count(), min(ds), max(ds), uniqExact(user) FROM user_actions FINAL"
 
 
+class NoData(Exception):
+    """The data dir holds no events to time the pages over."""
+
+
 def _timed(call, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
@@ -34,7 +38,7 @@ def run(data_dir: Path, repeats: int = 5, say=print) -> dict:
     dashboard = open_dashboard(from_env(data_dir=data_dir), token=None)
     (events, first, last, users), = dashboard.target.query(SPAN_SQL)[1]
     if not events:
-        raise SystemExit(f"no events in {data_dir}: make them with `tally demo --days 30 --no-ui --data-dir {data_dir}`")
+        raise NoData(f"no events in {data_dir}: make them with `tally demo --days 30 --no-ui --data-dir {data_dir}`")
     say(f"{events:,} events of {users:,} users, {first} to {last}")
     baseline = _timed(lambda: dashboard.target.query(BASELINE_SQL), repeats)
     say(f"  baseline (one scan of user_actions FINAL)  {baseline['median_ms']:8.1f} ms")

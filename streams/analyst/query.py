@@ -236,6 +236,10 @@ def open_query_target(settings, admin: bool = False):
         from clickhouse_connect.driver.exceptions import OperationalError
         reason = ("cannot connect; is the server up and the URL right (--clickhouse, env TALLY_CLICKHOUSE)?"
                   if isinstance(exc, OperationalError) else error_message(exc))
+        if settings.is_embedded_clickhouse and "EmbeddedServer" in str(exc):  # another process holds the lock
+            raise QueryError(f"another process has {settings.data_dir} open (embedded ClickHouse lets one process "
+                             f"own a data directory): stop it (a `tally ui`, `tally bench --dashboard` or another "
+                             f"command on this directory) and run this again") from None
         raise QueryError(f"cannot open ClickHouse at {clickhouse.redact(settings.clickhouse_dsn)}: {reason}") from None
     return DirectTarget(client, admin=admin)
 
