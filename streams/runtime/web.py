@@ -162,9 +162,10 @@ def register(app, pipeline) -> None:
         from streams.analyst.query import DirectTarget
         _, query = parse_target(str(request.rel_url))
         live, stats = [], {}
-        if path.strip("/") == "api/page":  # taken here, on the loop that owns them
-            live = pipeline.current_totals()
-            stats = await _stats(pipeline)
+        if path.strip("/") == "api/page":  # taken here, on the loop that owns them; only what the page shows
+            page = query.get("page", "overview")
+            live = pipeline.current_totals() if page == "overview" else []
+            stats = await _stats(pipeline) if page == "pipeline" else {}
         target = DirectTarget(_LockedClient(pipeline.writer))
         board = Dashboard(target, token=token, live=lambda: live, stats=lambda: stats,  # it checks the token
                           bind_people=people_binder(pipeline.settings, target),
