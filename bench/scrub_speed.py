@@ -1,18 +1,22 @@
-"""How long scrub_row takes per enriched row: clean rows (the fast path) and rows carrying secrets.
+"""How long the scrub stage takes per enriched row, as the pipeline calls it (`scrub_columns` over
+batches): clean rows (the prefilter's fast path), rows carrying secrets, and a mix of one in 20.
 
-    .venv/bin/python -m bench.scrub_speed [--rows 100000]
+    .venv/bin/python -m bench.scrub_speed [--rows 100000] [--batch 2000]
 
-Rows are built before timing; the clock covers only Scrubber.scrub_row over fresh copies.
+Batches are built as columns before timing; the clock covers only Scrubber.scrub_columns. The
+result goes to bench/results/scrub-<time>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import random
 import time
 import uuid
 
 from streams.stages import scrub
+from streams.stages.scrub import rules as scrub_rules
 
 APPS = ("amundsen", "code-search", "bi", "notebooks")
 COMMANDS = ("search_table", "get_table_metadata", "get_popular_tables", "update_bookmark", "get_user_own",
@@ -85,29 +89,45 @@ def secret_row(rng: random.Random) -> dict:
     return row
 
 
-def time_rows(scrubber: scrub.Scrubber, rows: list[dict]) -> float:
-    """Microseconds per row for scrub_row over copies of rows (copies made before the clock starts)."""
-    copies = [dict(row, properties=dict(row["properties"])) for row in rows]
+def as_columns(rows: list[dict]) -> dict[str, list]:
+    names = list(rows[0]) + ["scrubbed_fields"]
+    return {name: [dict(row[name]) if name == "properties" else row.get(name, []) if name == "scrubbed_fields"
+                   else row[name] for row in rows] for name in names}
+
+
+def time_rows(scrubber: scrub.Scrubber, rows: list[dict], batch: int) -> float:
+    """Microseconds per row for scrub_columns over batches of rows (built before the clock starts)."""
+    batches = [as_columns([dict(row, scrubbed_fields=[]) for row in rows[i:i + batch]])
+               for i in range(0, len(rows), batch)]
     started = time.perf_counter()
-    for row in copies:
-        scrubber.scrub_row(row)
-    return (time.perf_counter() - started) / len(copies) * 1e6
+    for columns in batches:
+        scrubber.scrub_columns(columns)
+    return (time.perf_counter() - started) / len(rows) * 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     scrubber = scrub.Scrubber(scrub.load_policy(hmac_key="bench-key"))
     clean = [clean_row(rng) for _ in range(args.rows)]
     secret = [secret_row(rng) for _ in range(args.rows)]
-    time_rows(scrubber, clean[:2000])  # warm caches (pseudonyms, key decisions)
-    backend = "re2" if scrub._re2 is not None else "re"
-    print(f"prefilter backend: {backend}")
-    print(f"clean rows:  {time_rows(scrubber, clean):6.2f} us/row  ({args.rows} rows)")
-    print(f"secret rows: {time_rows(scrubber, secret):6.2f} us/row  ({args.rows} rows)")
+    mixed = [secret_row(rng) if i % 20 == 0 else clean_row(rng) for i in range(args.rows)]
+    time_rows(scrubber, clean[:4000], args.batch)  # warm caches (pseudonyms, key decisions)
+    result = {"prefilter": "re2" if scrub_rules._re2 is not None else "re", "rows": args.rows, "batch": args.batch,
+              "us_per_row": {name: round(time_rows(scrubber, rows, args.batch), 2)
+                             for name, rows in (("clean", clean), ("secret", secret), ("one_in_20", mixed))}}
+    for name, micros in result["us_per_row"].items():
+        print(f"{name:>10} rows: {micros:6.2f} us/row  ({args.rows} rows, batches of {args.batch})")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / time.strftime("scrub-%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"result: {path}")
 
 
 if __name__ == "__main__":

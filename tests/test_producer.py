@@ -273,7 +273,7 @@ def test_scrubber_is_applied_before_sending():
 
     tracker = Tracker("127.0.0.1:1", app="t", autostart=False, scrubber=DropEmails())
     tracker.track("x", "ada@example.com")
-    ((key, value, _, shard_user),) = tracker._serialize(tracker._buffer.snapshot())
+    ((key, value, _, shard_user),) = tracker._sender.serialize(tracker._buffer.snapshot())
     assert UserAction.FromString(value).user == "pseudo-15"
     assert key == b"pseudo-15"  # the key never carries the id in clear either
     assert shard_user == "ada@example.com"  # but it goes to that id's partition, where the pipeline takes it

@@ -21,17 +21,16 @@ import functools
 import inspect
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from streams.contract import SCHEMA_VERSION, UserAction, new_event_id, partition_for_user
+from streams.contract import UserAction, new_event_id
 from streams.producer.arguments import (AUTO, DEFAULT_TOPIC, DropPolicy, _short_str, bounded_json, error_text,
                                         property_values, redact_args, redact_secrets, secret_positions, to_json,
-                                        truncate_utf8, valid_text)
+                                        truncate_utf8)
 from streams.producer.buffer import EventBuffer
-from streams.producer.envelopes import pack_envelopes
+from streams.producer.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +90,9 @@ class Tracker:
         self.topic = topic
         self.options = TrackerOptions(**options)
         self._buffer = EventBuffer(self.options.buffer_size, self.options.drop)
-        self._scrubber = _resolve_scrubber(self.options.scrubber)
-        self._delivered = 0
-        self._failed = 0
+        self._sender = Sender(bootstrap, app, topic, self.options, self._buffer,
+                              _resolve_scrubber(self.options.scrubber))
         self._internal_errors = 0
-        self._drops_logged = 0
-        self._outage_logged = False
-        self._progress = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._idle = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         if self.options.autostart:
             self.start()
 
@@ -154,11 +144,7 @@ class Tracker:
         fields["user"] = user
         fields["event_id"] = new_event_id(fields["start_epoch_ms"])
         self._buffer.put(fields)
-        if self._idle:  # wake the sender only when it sleeps: most calls pay for an append alone
-            self._idle = False
-            loop = self._loop
-            if loop is not None:
-                loop.call_soon_threadsafe(self._wake_now)
+        self._sender.wake_if_idle()
 
     def _current_user(self) -> str:
         provider = self.options.user_provider
@@ -181,27 +167,17 @@ class Tracker:
 
     def start(self) -> "Tracker":
         """Start the sending thread (done by the constructor unless autostart=False)."""
-        if self._thread is None:
+        if not self._sender.started:
             aiokafka_client_log = logging.getLogger("aiokafka")  # the client logs here
             if _quiet_outage not in aiokafka_client_log.filters:
                 aiokafka_client_log.addFilter(_quiet_outage)
-            self._thread = threading.Thread(target=self._thread_main, name=f"tally-tracker-{self.app}", daemon=True)
-            self._thread.start()
+            self._sender.start()
             atexit.register(self._close_at_exit)
         return self
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every event tracked so far is delivered or dropped; False on timeout. Blocking."""
-        target = self._buffer.accepted
-        deadline = time.monotonic() + timeout
-        self._poke()
-        with self._progress:
-            while self._settled() < target:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
-                    return self._settled() >= target
-                self._progress.wait(min(left, 0.05))
-        return True
+        return self._sender.wait_settled(self._buffer.accepted, timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:
         """`flush` for asyncio code: waits in a worker thread, so the caller's loop keeps running."""
@@ -210,16 +186,13 @@ class Tracker:
     def close(self, timeout: float | None = None) -> bool:
         """Flush (up to `timeout`, default exit_flush_timeout_s), then stop the sending thread."""
         timeout = self.options.exit_flush_timeout_s if timeout is None else timeout
-        delivered_all = self.flush(timeout) if self._thread is not None else len(self._buffer) == 0
-        self._stopping = True
-        self._poke()
-        if self._thread is not None:
-            self._thread.join(timeout=max(1.0, timeout))
+        delivered_all = self.flush(timeout) if self._sender.started else len(self._buffer) == 0
+        self._sender.stop(timeout=max(1.0, timeout))
         atexit.unregister(self._close_at_exit)
-        self._report_drops()
-        if not delivered_all and self._pending():
+        self._sender.report_drops()
+        if not delivered_all and self._sender.pending():
             log.warning("tally tracker: closing with %d events undelivered (broker %s unreachable?)",
-                        self._pending(), self.bootstrap)
+                        self._sender.pending(), self.bootstrap)
         return delivered_all
 
     def _close_at_exit(self) -> None:
@@ -235,223 +208,14 @@ class Tracker:
         self.close()
 
     def stats(self) -> TrackerStats:
-        return TrackerStats(tracked=self._buffer.accepted + self._buffer.refused, delivered=self._delivered, dropped=self._buffer.dropped,
-                            failed=self._failed, buffered=self._pending(), internal_errors=self._internal_errors)
+        sender = self._sender
+        return TrackerStats(tracked=self._buffer.accepted + self._buffer.refused, delivered=sender.delivered,
+                            dropped=self._buffer.dropped, failed=sender.failed, buffered=sender.pending(),
+                            internal_errors=self._internal_errors)
 
     def buffered_events(self) -> list[UserAction]:
         """The events waiting to be sent, as they would be sent (for inspection and tests)."""
-        return [self._build(fields) for fields in self._buffer.snapshot()]
-
-    def _settled(self) -> int:
-        return self._delivered + self._failed + self._buffer.evicted
-
-    def _pending(self) -> int:
-        return self._buffer.accepted - self._settled()
-
-    def _poke(self) -> None:
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._wake_now)
-            except RuntimeError:  # loop already closed
-                pass
-
-    def _wake_now(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    def _notify_progress(self) -> None:
-        with self._progress:
-            self._progress.notify_all()
-
-    def _report_drops(self) -> None:
-        dropped = self._buffer.dropped
-        if dropped > self._drops_logged:
-            log.warning("tally tracker: dropped %d events (%d in all) because the buffer of %d was full; policy: "
-                        "drop %s", dropped - self._drops_logged, dropped, self.options.buffer_size,
-                        self.options.drop)
-            self._drops_logged = dropped
-
-    # -- the sending thread -------------------------------------------------------------------------
-
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._run(loop))
-        except Exception:
-            log.exception("tally tracker: sending thread stopped")
-        finally:
-            self._notify_progress()
-            loop.close()
-
-    def _build(self, fields: dict) -> UserAction:
-        try:
-            return self._build_as_is(fields)
-        except UnicodeEncodeError:  # half a surrogate pair, e.g. a file name read with surrogateescape
-            return self._build_as_is(valid_text(fields))
-
-    def _build_as_is(self, fields: dict) -> UserAction:
-        action = UserAction(**{"host_name": self.options.host_name, "app": self.app, "schema_version": SCHEMA_VERSION,
-                               **{k: v for k, v in fields.items() if k != "properties"}})
-        if fields.get("properties"):
-            action.properties.update(fields["properties"])
-        return action
-
-    def _serialize(self, batch: list[dict]) -> list[tuple[bytes, bytes | None, dict]]:
-        """(key, value or None if building or scrubbing failed, the pending event's fields) per event."""
-        out = []
-        for fields in batch:
-            try:
-                action = self._build(fields)
-                user = action.user  # the pipeline partitions by the id as the tool knows it
-                if self._scrubber is not None:
-                    self._scrubber.scrub_action(action)
-                # keyed by the user as sent on (a pseudonymised id must not travel in clear in the
-                # key), written to the partition of the id as the tool knows it
-                out.append((action.user.encode("utf-8", "replace"), action.SerializeToString(), fields, user))
-            except Exception:
-                log.warning("tally tracker: event %s not sent: building or scrubbing failed", fields.get("event_id"),
-                            exc_info=self._failed == 0)
-                out.append((b"", None, fields, ""))
-        return out
-
-    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._wake = asyncio.Event()
-        self._loop = loop
-        reporter = asyncio.create_task(self._report_drops_periodically())
-        producer = None
-        first_wait, longest_wait = self.options.reconnect_backoff_s
-        wait = first_wait
-        try:
-            while True:
-                if self._stopping:  # close() has flushed already
-                    break
-                batch = self._buffer.take(self.options.batch_size)
-                if not batch:
-                    await self._sleep_until_woken(1.0)
-                    continue
-                if producer is None:
-                    producer = await self._connect()
-                    if producer is None:
-                        self._buffer.requeue(batch)
-                        await self._sleep_until_woken(wait, idle=False)
-                        wait = min(wait * 2, longest_wait)
-                        continue
-                    wait = first_wait
-                try:
-                    await self._send(producer, batch)
-                except Exception as exc:  # e.g. the topic's metadata never came: keep the events, reconnect
-                    log.warning("tally tracker: sending failed (%r); retrying with the same event ids", exc)
-                    self._buffer.requeue(batch)
-                    await _stop_quietly(producer)
-                    producer = None
-                    await self._sleep_until_woken(wait, idle=False)
-                    wait = min(wait * 2, longest_wait)
-                    continue
-                self._notify_progress()
-        finally:
-            reporter.cancel()
-            if producer is not None:
-                await _stop_quietly(producer)
-
-    async def _sleep_until_woken(self, seconds: float, idle: bool = True) -> None:
-        if idle:
-            self._idle = True
-            if len(self._buffer) or self._stopping:  # an event arrived before the flag was seen
-                self._idle = False
-                return
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
-        self._wake.clear()  # cleared after waking, so a poke that came early is not lost
-        self._idle = False
-
-    async def _connect(self):
-        from aiokafka import AIOKafkaProducer
-        settings = {"client_id": f"tally-tracker-{self.app}", "acks": "all", "enable_idempotence": True,
-                    "linger_ms": 5, "request_timeout_ms": self.options.request_timeout_ms,
-                    **self.options.producer_config}
-        try:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **settings)
-        except Exception as exc:  # a setting aiokafka refuses: nothing will be sent until it is fixed
-            if not self._outage_logged:
-                log.error("tally tracker: producer settings refused (%r); buffering up to %d events",
-                          exc, self.options.buffer_size)
-                self._outage_logged = True
-            return None
-        try:
-            await producer.start()
-            if self._outage_logged:
-                log.warning("tally tracker: broker %s reachable again; sending the buffered events", self.bootstrap)
-                self._outage_logged = False
-            return producer
-        except Exception as exc:
-            if not self._outage_logged:  # once per outage; aiokafka's own errors are quieted above
-                log.warning("tally tracker: broker %s not reachable (%s); buffering up to %d events",
-                            self.bootstrap, type(exc).__name__, self.options.buffer_size)
-                self._outage_logged = True
-            await _stop_quietly(producer)
-            return None
-
-    async def _send(self, producer, batch: list) -> None:
-        from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
-        serialized = []
-        shard_users = []
-        for key, value, item, user in self._serialize(batch):
-            if value is None:
-                self._failed += 1
-            else:
-                serialized.append((key, value, item))
-                shard_users.append(user)
-        partitions = len(await producer.partitions_for(self.topic)) if serialized else 0
-        if self.options.envelopes and serialized:
-            messages = pack_envelopes(serialized, partitions, self.options.max_envelope_bytes, shard_users=shard_users)
-        else:
-            messages = [(key, value, partition_for_user(user, partitions), None, [item])
-                        for (key, value, item), user in zip(serialized, shard_users)]
-        sends = []
-        for key, value, partition, headers, items in messages:
-            try:
-                sends.append((items, await producer.send(self.topic, value, key=key, partition=partition,
-                                                         headers=headers)))
-            except Exception as exc:
-                sends.append((items, exc))
-        retry = []
-        for items, sent in sends:
-            try:
-                if isinstance(sent, BaseException):
-                    raise sent
-                await sent
-                self._delivered += len(items)
-            except (KafkaTimeoutError, KafkaConnectionError) as exc:
-                retry.extend(items)
-                last_error = exc
-            except Exception as exc:
-                if getattr(exc, "retriable", False):
-                    retry.extend(items)
-                    last_error = exc
-                else:
-                    self._failed += len(items)
-                    log.warning("tally tracker: broker refused %d event(s), first %s: %r", len(items),
-                                items[0].get("event_id"), exc)
-        if retry:
-            log.info("tally tracker: %d events will be retried with the same event ids: %r", len(retry), last_error)
-            self._buffer.requeue(retry)
-            await self._sleep_until_woken(self.options.reconnect_backoff_s[0], idle=False)
-
-    async def _report_drops_periodically(self) -> None:
-        interval = self.options.drop_log_interval_s
-        while True:
-            self._report_drops()
-            await asyncio.sleep(interval)
-
-
-async def _stop_quietly(producer) -> None:
-    try:
-        await producer.stop()
-    except Exception:
-        pass
+        return [self._sender.build(fields) for fields in self._buffer.snapshot()]
 
 
 def _resolve_scrubber(scrubber: Any):

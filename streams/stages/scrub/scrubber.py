@@ -32,24 +32,12 @@ class Scrubber(ValueScrubber):
         every app: the all-apps counts and the profile join depend on it."""
         return self._stored_user(user)[0]
 
-    def scrub_row(self, row: dict) -> dict:
-        """Scrub an enriched event dict in place; appends audit entries to row["scrubbed_fields"]."""
-        audit = row.get("scrubbed_fields")
-        if audit is None:
-            audit = row["scrubbed_fields"] = []
-        elif not isinstance(audit, list):
-            audit = row["scrubbed_fields"] = list(audit)
-        self._scrub_record(row, ROW_TEXT_FIELDS, self._rules(row.get("app") or ""), audit)
-        email = row.get("user_email")
-        if email:
-            row["user_email"] = self._scrub_email(email, audit)
-        return row
-
     def scrub_columns(self, columns: dict[str, list]) -> dict[str, list]:
-        """`scrub_row` for every row of a batch held as columns (the pipeline's path), in place.
+        """Scrub an enriched batch held as columns (the pipeline's path), in place; each row's audit
+        entries are appended to its `scrubbed_fields`.
 
         The prefilter searches each text column of the batch at once (a few C-level joins and
-        searches); only the rows it flags take the per-row detailed pass of `scrub_row`."""
+        searches); only the rows it flags take the per-row detailed pass."""
         audits = columns["scrubbed_fields"]
         users = columns["user"]
         flagged_rows: set[int] = set()
