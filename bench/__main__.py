@@ -143,6 +143,9 @@ def _cli_bench(args: argparse.Namespace) -> int:
         elif args.scale:
             from . import scale
             results = {**stamp_fields, **scale.run(bootstrap, work_dir, plan)}
+        elif args.soak:
+            from . import soak
+            results = {**stamp_fields, **soak.run(bootstrap, work_dir, plan, args.soak, args.soak_rate)}
         else:
             results = run_bench(plan, bootstrap, work_dir,
                                 profile_dir=Path(args.profile) if args.profile else None)
@@ -152,11 +155,11 @@ def _cli_bench(args: argparse.Namespace) -> int:
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    kind = "collector" if args.collector else "scale" if args.scale else "bench"
+    kind = "collector" if args.collector else "scale" if args.scale else "soak" if args.soak else "bench"
     path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"{kind}-{stamp}.json")
-    if kind == "bench":
+    if kind in ("bench", "soak"):
         print()
-        print(report.table(results))
+        print(report.table(results) if kind == "bench" else soak.table(results))
     print(f"\nwrote {path}")
     return 0
 
@@ -183,6 +186,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "HTTP+JSON server")
     parser.add_argument("--scale", action="store_true",
                         help="instead: one worker against two in one consumer group over the same input")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="instead: one worker for MINUTES at half its measured capacity, fed by the SDK, with "
+                             "an analyst query every few seconds; RSS, lag and p95 latency per quarter")
+    parser.add_argument("--soak-rate", type=float, help="with --soak: events/s offered (default: half the capacity)")
     parser.add_argument("--repeats", type=int, default=5, help="with --dashboard: requests per page (default 5)")
     parser.set_defaults(func=_cli_bench)
 
