@@ -63,6 +63,12 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
     tally["ratio_to_faust_floor"] = round(tally["events_per_s"] / floor["events_per_s"], 3)
     say(f"    {floor['events_per_s']:,} events/s")
 
+    say("batch peer: aiokafka getmany + decode + column-oriented inserts of 20k rows, no stages ...")
+    peer = harness.run_naive(bootstrap, topics.user_actions, plan.events, work_dir / "peer", f"{prefix}peer",
+                             module="bench.batch_peer")
+    peer["ratio_to_ceiling"] = round(peer["events_per_s"] / ceiling["events_per_s"], 6)
+    say(f"    {peer['events_per_s']:,} events/s")
+
     say(f"naive peer: {plan.naive_events:,} events, one insert each ...")
     naive = harness.run_naive(bootstrap, topics.user_actions, plan.naive_events, work_dir / "naive", f"{prefix}naive")
     say(f"    {naive['events_per_s']:,} events/s")
@@ -73,7 +79,7 @@ def run_bench(plan, bootstrap: str, work_dir: Path, profile_dir: Path | None = N
 
     results = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "machine": procstat.machine(), "plan": dataclasses.asdict(plan),
-               "ceiling": ceiling, "faust_floor": floor, "naive": naive, "tally": tally,
+               "ceiling": ceiling, "faust_floor": floor, "batch_peer": peer, "naive": naive, "tally": tally,
                "latency": latency, "memory_split": memory_split}
     results["targets"] = report.targets(results)
     return results
@@ -143,6 +149,10 @@ def _cli_bench(args: argparse.Namespace) -> int:
         elif args.scale:
             from . import scale
             results = {**stamp_fields, **scale.run(bootstrap, work_dir, plan)}
+        elif args.backfill:
+            from . import backfill
+            results = {**stamp_fields, **backfill.run(bootstrap, work_dir, dataclasses.replace(
+                plan, events=args.events or 1_000_000))}
         elif args.soak:
             from . import soak
             results = {**stamp_fields, **soak.run(bootstrap, work_dir, plan, args.soak, args.soak_rate)}
@@ -155,7 +165,8 @@ def _cli_bench(args: argparse.Namespace) -> int:
         if not keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    kind = "collector" if args.collector else "scale" if args.scale else "soak" if args.soak else "bench"
+    kind = ("collector" if args.collector else "scale" if args.scale else "backfill" if args.backfill
+            else "soak" if args.soak else "bench")
     path = report.write_json(results, Path(args.output) if args.output else RESULTS_DIR / f"{kind}-{stamp}.json")
     if kind in ("bench", "soak"):
         print()
@@ -186,6 +197,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "HTTP+JSON server")
     parser.add_argument("--scale", action="store_true",
                         help="instead: one worker against two in one consumer group over the same input")
+    parser.add_argument("--backfill", action="store_true",
+                        help="instead: 60 days of history (--events, default 1M) as a JSON-lines file through "
+                             "`tally publish` with a worker running, timed to its report")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="instead: one worker for MINUTES at half its measured capacity, fed by the SDK, with "
                              "an analyst query every few seconds; RSS, lag and p95 latency per quarter")

@@ -2,6 +2,7 @@
 
     ceiling  a bare aiokafka consumer that reads and decodes the pre-loaded messages, nothing else
     naive    bench.naive_peer: one Faust event at a time, one ClickHouse insert per event
+    peer     bench.batch_peer: aiokafka getmany + decode + column-oriented inserts of 20k rows, no stages
     tally    the full worker (`tally worker`) as a subprocess, over the same pre-loaded messages
     latency  a fresh worker under a steady offered load: produce time -> row queryable in ClickHouse
 
@@ -104,14 +105,14 @@ async def run_ceiling(bootstrap: str, topic: str, events: int, group: str, max_r
 # ---- 2. naive peer ----------------------------------------------------------------------------
 
 def run_naive(bootstrap: str, topic: str, events: int, work_dir: Path, app_id: str,
-              timeout_s: float = 1800, floor: bool = False) -> dict:
-    """bench.naive_peer in a subprocess until it has inserted `events` events one by one (or, as the
-    Faust floor, decoded them in take_events batches)."""
+              timeout_s: float = 1800, floor: bool = False, module: str = "bench.naive_peer") -> dict:
+    """A peer in a subprocess until it has stored `events` events: bench.naive_peer one by one (or,
+    as the Faust floor, decoded in take_events batches), or `module="bench.batch_peer"`."""
     work_dir.mkdir(parents=True, exist_ok=True)
     result_file = work_dir / "naive-result.json"
     with open(work_dir / "naive.log", "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.naive_peer", "--bootstrap", bootstrap, "--topic", topic, "--app-id", app_id,
+            [sys.executable, "-m", module, "--bootstrap", bootstrap, "--topic", topic, "--app-id", app_id,
              "--data-dir", str(work_dir), "--events", str(events), "--result", str(result_file),
              *(["--floor"] if floor else [])],
             stdout=log, stderr=subprocess.STDOUT)
@@ -132,7 +133,7 @@ def run_naive(bootstrap: str, topic: str, events: int, work_dir: Path, app_id: s
     rate = measured["events"] / measured["seconds"]
     return {"events": measured["events"], "seconds": round(measured["seconds"], 3), "events_per_s": round(rate),
             "cpu_seconds_per_million": round(measured["cpu_seconds"] / measured["events"] * 1_000_000, 1),
-            "inserts": 0 if floor else events}
+            "inserts": measured.get("inserts", 0 if floor else events)}
 
 
 # ---- the Tally worker as a user runs it ---------------------------------------------------------

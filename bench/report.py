@@ -35,7 +35,7 @@ def _rate(value: float) -> str:
 def table(results: dict) -> str:
     """A fixed-width table of the four sections and the targets."""
     ceiling, naive, tally, latency = (results[k] for k in ("ceiling", "naive", "tally", "latency"))
-    floor = results.get("faust_floor")
+    floor, peer = results.get("faust_floor"), results.get("batch_peer")
     memory = tally["memory"]
     rows = [
         ("stage", "events", "events/s", "CPU s / M events", "vs ceiling", "notes"),
@@ -43,6 +43,9 @@ def table(results: dict) -> str:
          f"{ceiling['cpu_seconds_per_million']:.1f}", "100%", ""),
         *([("faust floor: take_events + decode", _rate(floor["events"]), _rate(floor["events_per_s"]),
             f"{floor['cpu_seconds_per_million']:.1f}", f"{floor['ratio_to_ceiling']:.1%}", "")] if floor else []),
+        *([("batch peer: getmany + decode + insert", _rate(peer["events"]), _rate(peer["events_per_s"]),
+            f"{peer['cpu_seconds_per_million']:.1f}", f"{peer['ratio_to_ceiling']:.1%}",
+            "15 columns, column-oriented inserts of 20k rows, no stages")] if peer else []),
         ("naive: Faust, 1 insert per event", _rate(naive["events"]), _rate(naive["events_per_s"]),
          f"{naive['cpu_seconds_per_million']:.1f}", f"{naive['events_per_s'] / ceiling['events_per_s']:.1%}", ""),
         ("tally: full pipeline, 1 worker", _rate(tally["events"]), _rate(tally["events_per_s"]),

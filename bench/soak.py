@@ -225,6 +225,7 @@ def run(bootstrap: str, work_dir: Path, plan: RunPlan, minutes: float, rate: flo
             if stored + stats["dead_lettered"] >= sdk["delivered"] or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
+        time.sleep(POLL_EVERY_S * 5)  # a probe poll after the last insert
         observer.stop()
         distinct = worker.query("SELECT uniqExact(event_id) FROM user_actions")[0][0]
         final = worker.stats()

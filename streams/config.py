@@ -30,6 +30,7 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4               # partitions of the input topic (keyed by user)
     replication: int = 1              # replicas of the topics the worker creates (3 on a cluster)
+    session_timeout_s: float = 60.0   # a worker silent this long leaves the group: a crashed one's partitions move then
     web_port: int = 6066
     web_bind: str = "127.0.0.1"       # 0.0.0.0 in a container, for probes and scrapes
     admin_sql: bool = False           # POST /query/ may change data and tables (else read-only)
@@ -86,6 +87,8 @@ def from_env(**overrides) -> Settings:
         values["web_bind"] = env["TALLY_WEB_BIND"]
     if "TALLY_REPLICATION" in env:
         values["replication"] = int(env["TALLY_REPLICATION"])
+    if "TALLY_SESSION_TIMEOUT" in env:
+        values["session_timeout_s"] = float(env["TALLY_SESSION_TIMEOUT"])
     prefix = overrides.pop("topic_prefix", None)
     if prefix:
         values["topics"] = Topics.with_prefix(prefix)

@@ -136,7 +136,7 @@ def test_quick_bench_measures_all_four_stages_and_stores_every_event(bootstrap, 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(output.read_text())
 
-    for stage in ("ceiling", "naive", "tally"):
+    for stage in ("ceiling", "batch_peer", "naive", "tally"):
         assert results[stage]["events"] > 0 and results[stage]["events_per_s"] > 0, results[stage]
         assert results[stage]["cpu_seconds_per_million"] > 0, results[stage]
     tally = results["tally"]
@@ -175,3 +175,23 @@ def test_runs_with_envelopes_default_to_two_million_events():
     assert events("--envelope", "125") == 2_000_000
     assert events("--envelope", "125", "--events", "300000") == 300_000
     assert events("--envelope", "125", "--quick") == 5_000
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_a_short_soak_reports_each_quarter_and_stores_what_the_sdk_delivered(bootstrap, tmp_path):
+    output = tmp_path / "soak.json"
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "--soak", "0.4", "--soak-rate", "400",
+                          "--bootstrap", bootstrap, "--output", str(output), "--work-dir", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    soak = json.loads(output.read_text())["soak"]
+    sdk = soak["sdk"]
+    assert sdk["delivered"] == sdk["tracked"] > 0 and (sdk["dropped"], sdk["failed"]) == (0, 0)
+    assert soak["stored_rows"] == soak["distinct_event_ids"] == sdk["delivered"]
+    assert [q["quarter"] for q in soak["quarters"]] == [1, 2, 3, 4]
+    for quarter in soak["quarters"]:
+        assert quarter["probes"] > 0 and quarter["probes_unseen"] == 0, quarter
+        assert 0 < quarter["p50_ms"] <= quarter["p95_ms"], quarter
+        assert all(rss > 0 for rss in quarter["rss_mb"]), quarter
+    assert "| quarter |" in run.stdout

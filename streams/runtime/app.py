@@ -109,9 +109,14 @@ class Pipeline:
             datadir=str(s.data_dir / "faust"),
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
             producer_acks=-1,  # acks=all: a send is kept by every in-sync replica (2 of 3 on a cluster)
             consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4096, s.take_messages * 2),
+            # faust's opt-in fast path: the stream takes messages already queued without awaiting the
+            # channel (wait_first and its tasks) for each one; what single messages cost most
+            cython_optimizations=True,
             broker_max_poll_records=max(500, s.take_messages),  # fewer hops to the consumer thread
             consumer_max_fetch_size=16 * 1024 * 1024,
             broker_commit_every=max(1000, s.take_messages),

@@ -69,6 +69,9 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--replication", type=int,
                         help="replicas of the topics the worker creates: 3 on a three-node cluster (default 1; "
                              "env TALLY_REPLICATION)")
+    parser.add_argument("--session-timeout", type=float,
+                        help="seconds a worker may go silent before the group gives its partitions to the others: "
+                             "how long a crashed worker's partitions wait (default 60; env TALLY_SESSION_TIMEOUT)")
     parser.add_argument("--batch-size", type=int, help="rows per ClickHouse insert (about; default 20000)")
     parser.add_argument("--batch-seconds", type=float, help="seconds a batch may wait to fill")
     parser.add_argument("--app-id", help="Faust app id = Kafka consumer group (default tally)")
@@ -89,7 +92,8 @@ def settings_for_worker(args):
     from streams.cli import settings_from_args
     return settings_from_args(
         args, web_port=args.web_port, web_bind=args.web_bind, admin_sql=args.admin_sql,
-        partitions=args.partitions, replication=args.replication, sink_batch_size=args.batch_size,
+        partitions=args.partitions, replication=args.replication,
+        session_timeout_s=args.session_timeout, sink_batch_size=args.batch_size,
         sink_batch_seconds=args.batch_seconds, app_id=args.app_id, allowed_lateness_days=args.lateness_days,
         idle_partition_seconds=args.idle_seconds,
         alert_rules=Path(args.alert_rules) if args.alert_rules else None,
