@@ -155,7 +155,8 @@ def _cli_bench(args: argparse.Namespace) -> int:
                 plan, events=args.events or 1_000_000))}
         elif args.soak:
             from . import soak
-            results = {**stamp_fields, **soak.run(bootstrap, work_dir, plan, args.soak, args.soak_rate)}
+            results = {**stamp_fields, **soak.run(bootstrap, work_dir, plan, args.soak, args.soak_rate,
+                                                        args.soak_query_every)}
         else:
             results = run_bench(plan, bootstrap, work_dir,
                                 profile_dir=Path(args.profile) if args.profile else None)
@@ -204,6 +205,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: one worker for MINUTES at half its measured capacity, fed by the SDK, with "
                              "an analyst query every few seconds; RSS, lag and p95 latency per quarter")
     parser.add_argument("--soak-rate", type=float, help="with --soak: events/s offered (default: half the capacity)")
+    parser.add_argument("--soak-query-every", type=float, default=5.0, metavar="SECONDS",
+                        help="with --soak: the analyst query's interval (default 5; 0: no query)")
     parser.add_argument("--repeats", type=int, default=5, help="with --dashboard: requests per page (default 5)")
     parser.set_defaults(func=_cli_bench)
 

@@ -34,8 +34,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
     app = faust.App(args.app_id, broker=f"kafka://{args.bootstrap}", store="memory://",
                     datadir=str(Path(args.data_dir) / "faust"), consumer_auto_offset_reset="earliest",
                     web_enabled=False, logging_config=None, stream_buffer_maxsize=40_000,
-                    broker_max_poll_records=10_000, consumer_max_fetch_size=16 * 1024 * 1024,
-                    cython_optimizations=args.floor)  # the floor takes the fast path the worker takes
+                    broker_max_poll_records=10_000, consumer_max_fetch_size=16 * 1024 * 1024)
     topic = app.topic(args.topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     client = None if args.floor else clickhouse.connect(f"chdb://{Path(args.data_dir).resolve() / 'clickhouse'}")
     if client is not None:

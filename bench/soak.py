@@ -35,8 +35,11 @@ PROBE_APP = "soak-probe"
 PROBE_EVERY_S = 0.2
 POLL_EVERY_S = 0.1
 ANALYST_EVERY_S = 5.0
+# a whole-table scan that grows with the run; one thread, as an analyst's query on a box the pipeline
+# shares should be (uncapped, chDB takes every core and the pipeline waits: docs/faults.md)
 ANALYST_SQL = ("SELECT app, toStartOfDay(toDateTime(intDiv(start_epoch_ms, 1000))) AS day, uniqExact(user), "
-               "count(), quantile(0.95)(end_epoch_ms - start_epoch_ms) FROM user_actions GROUP BY app, day")
+               "count(), quantile(0.95)(end_epoch_ms - start_epoch_ms) FROM user_actions GROUP BY app, day "
+               "SETTINGS max_threads = 1")
 PROBES_SQL = (f"SELECT kafka_partition, max(start_epoch_ms) FROM user_actions "
               f"WHERE app = '{PROBE_APP}' AND ds >= today() - 1 GROUP BY kafka_partition")
 
@@ -120,13 +123,14 @@ class Producers:
 class Observer:
     """Polls the worker: probe visibility every POLL_EVERY_S, the analyst's query every ANALYST_EVERY_S."""
 
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    def __init__(self, worker: Worker, analyst_every_s: float = ANALYST_EVERY_S):
+        self.worker, self.analyst_every_s = worker, analyst_every_s
         self.polls: list[tuple[float, dict[int, int]]] = []
         self.analyst: list[tuple[float, float]] = []  # (when, seconds taken)
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._poll_probes, daemon=True),
-                         threading.Thread(target=self._analyst, daemon=True)]
+        self._threads = [threading.Thread(target=self._poll_probes, daemon=True)]
+        if analyst_every_s > 0:
+            self._threads.append(threading.Thread(target=self._analyst, daemon=True))
 
     def start(self) -> "Observer":
         for thread in self._threads:
@@ -148,7 +152,7 @@ class Observer:
             self._stop.wait(POLL_EVERY_S)
 
     def _analyst(self) -> None:
-        while not self._stop.wait(ANALYST_EVERY_S):
+        while not self._stop.wait(self.analyst_every_s):
             began = time.monotonic()
             try:
                 self.worker.query(ANALYST_SQL)
@@ -185,7 +189,7 @@ def quarter_rows(samples: list[dict], probes: list, polls: list, analyst: list, 
 
 
 def run(bootstrap: str, work_dir: Path, plan: RunPlan, minutes: float, rate: float | None = None,
-        say=print) -> dict:
+        analyst_every_s: float = ANALYST_EVERY_S, say=print) -> dict:
     os.environ.setdefault("TALLY_HMAC_KEY", secrets.token_hex(32))  # the SDK and the worker share the key
     capacity = None
     if rate is None:
@@ -201,7 +205,7 @@ def run(bootstrap: str, work_dir: Path, plan: RunPlan, minutes: float, rate: flo
     samples: list[dict] = []
     try:
         producers = Producers(bootstrap, topics.user_actions, rate, plan.partitions, events).start()
-        observer = Observer(worker).start()
+        observer = Observer(worker, analyst_every_s).start()
         began = time.time()
         seconds = minutes * 60
         next_say = began + 60
@@ -232,7 +236,8 @@ def run(bootstrap: str, work_dir: Path, plan: RunPlan, minutes: float, rate: flo
     finally:
         worker.stop()
     quarters = quarter_rows(samples, producers.probes, observer.polls, observer.analyst, began, seconds)
-    return {"soak": {"minutes": minutes, "rate": round(rate), "capacity_events_per_s": capacity,
+    return {"soak": {"minutes": minutes, "rate": round(rate), "analyst_every_s": analyst_every_s,
+                     "capacity_events_per_s": capacity,
                      "partitions": plan.partitions, "sdk": sdk, "stored_rows": int(stored),
                      "distinct_event_ids": int(distinct), "consumed": final["consumed"],
                      "dead_lettered": final["dead_lettered"], "duplicates": final["duplicates"],
@@ -241,8 +246,10 @@ def run(bootstrap: str, work_dir: Path, plan: RunPlan, minutes: float, rate: flo
 
 def table(results: dict) -> str:
     soak = results["soak"]
+    query = soak.get("analyst_every_s", ANALYST_EVERY_S)
     lines = [f"soak {soak['minutes']:g} min at {soak['rate']:,} events/s "
-             f"(capacity {soak['capacity_events_per_s'] or 'not measured'}), {soak['partitions']} partitions",
+             f"(capacity {soak['capacity_events_per_s'] or 'not measured'}), {soak['partitions']} partitions, "
+             + (f"the analyst query every {query:g} s" if query else "no analyst query"),
              "| quarter | minutes | RSS start -> end MB | lag max / end | events/s | p50 / p95 ms | analyst query ms | dead letters |",
              "|---|---|---|---|---|---|---|---|"]
     for q in soak["quarters"]:

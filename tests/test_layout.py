@@ -94,3 +94,20 @@ def test_the_collector_is_stateless():
                  "streams.ops")
     assert {m for m, imports in SOURCES.items() if layer(m) == "collector"
             and any(i.startswith(forbidden) for i in imports)} == set()
+
+
+MODULE_LINES, CLASS_LINES = 500, 270  # "no module over about 500 lines, no class over about 250"
+
+
+def test_no_room_grows_too_big_to_read():
+    too_big = []
+    for path in PACKAGE.rglob("*.py"):
+        if "contract/tally" in str(path):  # generated
+            continue
+        text = path.read_text()
+        if text.count("\n") > MODULE_LINES:
+            too_big.append(f"{module_name(path)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > CLASS_LINES:
+                too_big.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_big == []

@@ -39,7 +39,7 @@ class Sender:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    # -- what the tracker's thread calls ------------------------------------------------------------
+    # -- what the tracker calls, from its callers' threads ---------------------------------------------
 
     @property
     def started(self) -> bool:

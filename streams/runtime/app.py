@@ -99,38 +99,10 @@ class Pipeline:
     def alerts(self) -> AlertEngine:
         return self.totals.alerts
 
-    # ---- Faust app ------------------------------------------------------------------------
+    # ---- topics, tables, agents and timers on the Faust app ----------------------------------
     def _build_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
-            s.app_id,
-            broker=f"kafka://{s.bootstrap}",
-            store="memory://",
-            datadir=str(s.data_dir / "faust"),
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
-            producer_acks=-1,  # acks=all: a send is kept by every in-sync replica (2 of 3 on a cluster)
-            consumer_auto_offset_reset="earliest",
-            stream_buffer_maxsize=max(4096, s.take_messages * 2),
-            # faust's opt-in fast path: the stream takes messages already queued without awaiting the
-            # channel (wait_first and its tasks) for each one; what single messages cost most
-            cython_optimizations=True,
-            broker_max_poll_records=max(500, s.take_messages),  # fewer hops to the consumer thread
-            consumer_max_fetch_size=16 * 1024 * 1024,
-            broker_commit_every=max(1000, s.take_messages),
-            broker_commit_interval=1.0,
-            producer_linger_ms=5,
-            producer_max_request_size=4 * 1024 * 1024,
-            web_enabled=True,
-            web_bind=s.web_bind,
-            web_host=socket.gethostname() if s.web_bind == "0.0.0.0" else s.web_bind,  # the URL it tells the group
-            web_port=s.web_port,
-            web_in_thread=False,
-            table_standby_replicas=0,
-            logging_config=None,
-        )
+        app = faust_app(s)
         topics = s.topics
         self.actions_topic = app.topic(topics.user_actions, key_type=bytes, value_type=bytes,
                                        key_serializer="raw", value_serializer="raw", partitions=s.partitions)
@@ -331,6 +303,36 @@ class Pipeline:
     def current_totals(self, metric: str | None = None, app: str | None = None) -> list[dict]:
         """The exact totals, from the worker that owns them; [] on the others (their copy may be stale)."""
         return self.totals.current(metric, app) if self.owns_totals() else []
+
+
+def faust_app(s: Settings) -> faust.App:
+    """The worker's Faust app: its group, broker settings and web endpoint; no topics yet."""
+    return faust.App(
+        s.app_id,
+        broker=f"kafka://{s.bootstrap}",
+        store="memory://",
+        datadir=str(s.data_dir / "faust"),
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication,
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        producer_acks=-1,  # acks=all: a send is kept by every in-sync replica (2 of 3 on a cluster)
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, s.take_messages * 2),
+        broker_max_poll_records=max(500, s.take_messages),  # fewer hops to the consumer thread
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        broker_commit_every=max(1000, s.take_messages),
+        broker_commit_interval=1.0,
+        producer_linger_ms=5,
+        producer_max_request_size=4 * 1024 * 1024,
+        web_enabled=True,
+        web_bind=s.web_bind,
+        web_host=socket.gethostname() if s.web_bind == "0.0.0.0" else s.web_bind,  # the URL it tells the group
+        web_port=s.web_port,
+        web_in_thread=False,
+        table_standby_replicas=0,
+        logging_config=None,
+    )
 
 
 TABLES = {"active_days": None, "profiles": None, "metric_totals": 1}  # table -> partitions (None: the input's)
