@@ -57,14 +57,17 @@ async def run(args: argparse.Namespace) -> None:
                 for record in records:
                     for action in decode_actions(record.value, record.headers):
                         append_action(columns, action, tp.partition, record.offset)
-            if len(columns[0]) >= insert_rows or (columns[0] and count + len(columns[0]) >= args.events):
-                client.insert("user_actions", data=columns, column_names=list(COLUMNS), column_oriented=True)
-                await consumer.commit()
-                count += len(columns[0])
+            # inserts of insert_rows each, however much one getmany brought
+            while len(columns[0]) >= insert_rows or (columns[0] and count + len(columns[0]) >= args.events):
+                chunk = [column[:insert_rows] for column in columns]
+                columns = [column[insert_rows:] for column in columns]
+                client.insert("user_actions", data=chunk, column_names=list(COLUMNS), column_oriented=True)
+                count += len(chunk[0])
                 inserts += 1
-                columns = [[] for _ in COLUMNS]
                 if count >= warm_up and "wall" not in marks:
                     marks.update(wall=time.monotonic(), cpu=time.process_time(), at=count)
+            if not columns[0]:  # every row taken so far is stored: commit
+                await consumer.commit()
     finally:
         await consumer.stop()
     Path(args.result).write_text(json.dumps({"events": count - marks["at"], "seconds": time.monotonic() - marks["wall"],
