@@ -3,9 +3,10 @@
 First a short throughput run over pre-loaded envelopes measures the worker's capacity (unless
 --soak-rate is given). Then a fresh worker takes half of that from the SDK's `Tracker`s (one per
 app, events restamped to now, scrubbed at the source as a deployment does), while an analyst's
-full-table query runs every few seconds. Probe events (a tracker of their own, one every 0.2 s,
-round-robin over the partitions) give produce-to-queryable latency: a probe is queryable at the
-first poll whose newest stored probe of its partition is at least as new.
+full-table query runs every few seconds (`--soak-query-every`, 5 s; 0 for none). Probe events (a
+tracker of their own, one every 0.2 s, round-robin over the partitions) give produce-to-queryable
+latency: a probe is queryable at the first poll whose newest stored probe of its partition is at
+least as new.
 
 Each quarter of the run reports the worker's RSS at its start and end, the consumer lag, p95
 probe latency, the analyst query's median time and the dead letters; at the end every event the
@@ -249,14 +250,15 @@ def table(results: dict) -> str:
     query = soak.get("analyst_every_s", ANALYST_EVERY_S)
     lines = [f"soak {soak['minutes']:g} min at {soak['rate']:,} events/s "
              f"(capacity {soak['capacity_events_per_s'] or 'not measured'}), {soak['partitions']} partitions, "
-             + (f"the analyst query every {query:g} s" if query else "no analyst query"),
-             "| quarter | minutes | RSS start -> end MB | lag max / end | events/s | p50 / p95 ms | analyst query ms | dead letters |",
+             + (f"the analyst query every {query:g} s" if query else "no analyst query"), "",
+             "| quarter | minutes | RSS start -> end MB | lag max / end (messages) | events/s | p50 / p95 ms | analyst query ms | dead letters |",
              "|---|---|---|---|---|---|---|---|"]
     for q in soak["quarters"]:
         lines.append(f"| {q['quarter']} | {q['minutes'][0]}-{q['minutes'][1]} | {q['rss_mb'][0]:,.0f} -> "
                      f"{q['rss_mb'][1]:,.0f} | {q['lag_max']:,} / {q['lag_end']:,} | {q['events_per_s']:,} | "
                      f"{q['p50_ms']} / {q['p95_ms']} | {q['analyst_median_ms']} | {q['dead_lettered']} |")
     sdk = soak["sdk"]
+    lines.append("")
     lines.append(f"SDK: tracked {sdk['tracked']:,}, delivered {sdk['delivered']:,}, dropped {sdk['dropped']:,}, "
                  f"failed {sdk['failed']:,}; stored rows {soak['stored_rows']:,} "
                  f"({soak['distinct_event_ids']:,} distinct), dead letters {soak['dead_lettered']:,}")
