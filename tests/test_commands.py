@@ -40,6 +40,7 @@ CASES = [
     (["metrics", "--bootstrap", DOWN, "--data-dir", "EMPTY"], "cannot read the active users from Kafka"),
     (["publish", "GOOD", "--bootstrap", DOWN], "cannot publish to Kafka at 127.0.0.1:1"),
     (["generate", "--days", "1", "--users", "2", "--events-per-day", "5", "--bootstrap", DOWN], "cannot reach Kafka"),
+    (["worker", "--session-timeout", "2", "--data-dir", "EMPTY"], "--session-timeout 2 is under the 6 s"),
     # ClickHouse unreachable
     (["migrate", "--clickhouse", NO_SERVER], "cannot reach ClickHouse at http://127.0.0.1:1/db"),
     (["query", "SELECT 1", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),

@@ -105,6 +105,10 @@ def _cli_worker(args) -> int:
 
     from streams.store.clickhouse import StoreUnavailable
     from streams.store.pseudonym_key import KeyMismatch
+    if args.session_timeout is not None and args.session_timeout < 6:  # Kafka's group.min.session.timeout.ms
+        print(f"error: --session-timeout {args.session_timeout:g} is under the 6 s Kafka brokers accept by "
+              f"default; give 6 or more", file=sys.stderr)
+        return 2
     try:
         run_worker(settings_for_worker(args), loglevel=args.worker_log_level)
     except (KeyMismatch, StoreUnavailable) as exc:
