@@ -7,6 +7,7 @@ or dead-lettered, as the store says), so the figure is what a user onboarding a 
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -32,7 +33,6 @@ def write_history(path: Path, events: int) -> int:
 
 
 def run(bootstrap: str, work_dir: Path, plan: RunPlan, say=print) -> dict:
-    import asyncio
     history = work_dir / "history.jsonl"
     say(f"writing {DAYS} days of history (about {plan.events:,} events) ...")
     lines = write_history(history, plan.events)

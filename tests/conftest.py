@@ -245,3 +245,16 @@ async def read_topic(bootstrap: str, topic: str) -> list:
         return records
     finally:
         await consumer.stop()
+
+
+STORED_ROW = "event_id, user, command, toString(ds), start_epoch_ms, event_name, properties"
+
+
+def versions_by_event(rows_per_store: list[list[list]]) -> dict[str, set[str]]:
+    """Each event id's distinct stored rows across the workers' stores (`STORED_ROW` columns):
+    where a partition moved before a commit, its new owner stored a copy, which must be the same row."""
+    versions: dict[str, set[str]] = {}
+    for rows in rows_per_store:
+        for row in rows:
+            versions.setdefault(row[0], set()).add(_json.dumps(row, sort_keys=True))
+    return versions

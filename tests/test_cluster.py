@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, WorkerProcess
+from conftest import ROOT, STORED_ROW, WorkerProcess, versions_by_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -153,12 +153,8 @@ def test_leader_and_coordinator_lost_under_load(cluster, tmp_path):
         assert len(everything) == accepted          # every acknowledged event is stored ...
         # ... and where partitions moved (the coordinator's loss can rebalance the group) before a
         # commit, the new owner stored the same row again: a shared store holds it once after FINAL
-        versions: dict[str, set] = {}
-        for worker in workers:
-            for row in worker.query("SELECT event_id, user, command, toString(ds), start_epoch_ms, properties "
-                                    "FROM user_actions FINAL"):
-                versions.setdefault(row[0], set()).add(json.dumps(row, sort_keys=True))
-        assert all(len(rows) == 1 for rows in versions.values())
+        stores = [worker.query(f"SELECT {STORED_ROW} FROM user_actions FINAL") for worker in workers]
+        assert all(len(rows) == 1 for rows in versions_by_event(stores).values())
         report["stored_twice"] = sum(map(len, ids)) - accepted
         assert all(w.process.poll() is None for w in workers)  # none needed a restart
 
