@@ -79,3 +79,36 @@ def test_the_worker_creates_its_changelogs_as_faust_names_them(app):
         table = app.Table(name, key_type=str, partitions=partitions or 6)
         assert counts[table.changelog_topic.get_topic_name()] == table.partitions
         assert table.changelog_topic.get_topic_name() in changelogs
+
+
+@pytest.mark.parametrize("name", kafka_internals.FAUST_APP_INTERNALS)
+def test_faust_app_has(name):
+    assert callable(getattr(faust.App, name, None)), f"faust App.{name} is gone"
+
+
+def test_the_self_read_topic_is_kept_from_faust_fetch_loop():
+    """Faust's fetch loop calls `_getmany(active_partitions, timeout)`; the self-reading app's
+    consumer asks it for every active partition but the self-read topic's, and waits its timeout
+    instead of asking for none (which aiokafka takes for every partition)."""
+    import asyncio
+
+    app = kafka_internals.SelfReadingApp("self-read-check", broker="kafka://127.0.0.1:9", store="memory://")
+    app.self_read_topics = frozenset({"input"})
+    asked = []
+
+    async def fetch(active_partitions, timeout):
+        asked.append(active_partitions)
+        return {}
+
+    consumer = app.consumer
+    assert list(inspect.signature(type(consumer)._getmany).parameters) == ["self", "active_partitions", "timeout"]
+    consumer._thread.getmany = fetch  # what faust's aiokafka Consumer._getmany calls
+    asyncio.run(consumer._getmany({TP("input", 0), TP("other", 0)}, 0.01))
+    asyncio.run(consumer._getmany({TP("input", 1)}, 0.01))
+    assert asked == [{TP("other", 0)}]
+
+
+def test_aiokafka_getmany_takes_partitions_timeout_and_max_records():
+    from aiokafka import AIOKafkaConsumer
+    params = inspect.signature(AIOKafkaConsumer.getmany).parameters
+    assert {"partitions", "timeout_ms", "max_records"} <= set(params)

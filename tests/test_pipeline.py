@@ -271,9 +271,9 @@ def test_a_take_is_cut_into_steps_by_size_in_order():
     number of bytes; every message is in exactly one step, in the order taken."""
     from types import SimpleNamespace
     from streams.runtime.batching import steps_by_size
-    taken = [SimpleNamespace(message=SimpleNamespace(value=b"x" * size)) for size in (300, 300, 5000, 300, 300, 300)]
+    taken = [SimpleNamespace(value=b"x" * size) for size in (300, 300, 5000, 300, 300, 300)]
     steps = steps_by_size(taken, 1000)
-    assert [[len(e.message.value) for e in step] for step in steps] == [[300, 300, 5000], [300, 300, 300]]
+    assert [[len(record.value) for record in step] for step in steps] == [[300, 300, 5000], [300, 300, 300]]
     assert [e for step in steps for e in step] == taken
     assert steps_by_size([], 1000) == []
 

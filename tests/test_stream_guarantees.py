@@ -172,8 +172,9 @@ def _stores_everything_once(worker, pipeline_env, actions) -> None:
 
 
 def test_a_message_the_consumer_loses_mid_stream_is_read_again(pipeline_env):
-    """Faust records an offset jump as a gap and its next commit passes it. The agent takes each
-    partition in order, so it seeks back to the lost message: every event stored and counted once."""
+    """A read that skips a message (Faust's fetch loop did, around rebalances, then committed past
+    it): the agent takes each partition in order, so it seeks back to the lost message; every
+    event stored and counted once."""
     actions = make_actions(2000, seed=13, start=dt.date(2026, 7, 6), days=10, users=80)
     send(pipeline_env.bootstrap, pipeline_env.topics.user_actions, actions)
     worker = _lossy_worker(pipeline_env, "w1", partition=0, offset=100)
@@ -195,8 +196,8 @@ def test_a_partitions_lost_last_message_is_read_again(pipeline_env):
 
 
 def test_a_message_lost_at_the_committed_offset_after_a_restart_is_read_again(pipeline_env):
-    """The first message after a restart must be the committed one: Faust's commit check lets one
-    missing offset at the committed head through."""
+    """The first message after a restart must be the committed one (Faust's commit check let one
+    missing offset at the committed head through): a lost one there is read again."""
     actions = make_actions(2000, seed=14, start=dt.date(2026, 7, 6), days=10, users=80)
     topic = pipeline_env.topics.user_actions
     send(pipeline_env.bootstrap, topic, actions[:1000])

@@ -28,8 +28,9 @@ from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, ste
 from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
 from streams.runtime.durable import DurableWrites
 from streams.runtime.health import KAFKA_CHECK_SECONDS, KAFKA_TIMEOUT_SECONDS, KafkaAnswers
-from streams.runtime.kafka_internals import producer_client, track_topics
+from streams.runtime.kafka_internals import SelfReadingApp, producer_client, track_topics
 from streams.runtime.profiles import ProfileUpdates
+from streams.runtime.reader import InputReader
 from streams.runtime.partitions import PartitionOwnership
 from streams.runtime.steps import InputActivity, StepRunner, cut
 from streams.runtime.totals import Totals
@@ -72,12 +73,13 @@ class Pipeline:
         self.pending = PendingBatch()
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
         self.in_flight: asyncio.Task | None = None
-        self._actions_stream = None
         self._tracking_client = None  # the producer's client that tracks the output topics
         self.app = self._build_app()
         self.durable = DurableWrites(settings, self.writer, self.retry, self.counts, self.consumed_offsets,
                                      self.actions_topic, self.dlq_topic, self.partials_topic)
         self.guard = OffsetGuard(self.app, settings.bootstrap)
+        self.reader = InputReader(self.app, settings.topics.user_actions)
+        self.app.before_wait_empty = self.drain
         self.profile_updates = ProfileUpdates(self.profiles, self.profiles_topic, self.profiles_order, self.guard,
                                               self.stages, self.scrubber, self.writer, self.retry)
         self.ownership = PartitionOwnership(self.active_days, self.writer, settings.allowed_lateness_days,
@@ -104,8 +106,10 @@ class Pipeline:
         s = self.settings
         app = faust_app(s)
         topics = s.topics
-        self.actions_topic = app.topic(topics.user_actions, key_type=bytes, value_type=bytes,
+        # read by the actions agent itself (`InputReader`), acked by its commits: no Faust acks to wait for
+        self.actions_topic = app.topic(topics.user_actions, key_type=bytes, value_type=bytes, acks=False,
                                        key_serializer="raw", value_serializer="raw", partitions=s.partitions)
+        app.self_read_topics = frozenset({topics.user_actions})
         self.profiles_topic = app.topic(topics.user_profiles, key_type=bytes, value_type=bytes,
                                         key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         self.dlq_topic = app.topic(topics.dead_letters, key_serializer="raw", value_serializer="raw",
@@ -171,35 +175,56 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Takes of up to `take_messages` Kafka messages go through the stages (CPU, this thread) in
+        """Reads of up to `take_messages` Kafka messages (`InputReader`: a fetch at a time, not
+        through `stream`, which Faust leaves empty) go through the stages (CPU, this thread) in
         steps of about `step_bytes`, so a step's fixed costs are spread over a few thousand events
         whether they come one per message or in envelopes. Steps accumulate; at `sink_batch_size`
         rows or `sink_batch_seconds`, the batch is cut and made durable (ClickHouse in an executor
-        thread, Kafka sends) while the next steps run. Events are acked by hand once their batch is
-        durable, so offsets never pass rows ClickHouse doesn't have; batches become durable one at
-        a time, in order."""
+        thread, Kafka sends) while the next steps run. A batch's offsets are committed once it is
+        durable, so they never pass rows ClickHouse doesn't have; batches become durable one at a
+        time, in order."""
         s = self.settings
-        self._actions_stream = stream
         await self.track_output_topics()
         ticker = asyncio.ensure_future(self._flush_when_due())
         try:
-            # a take that does not fill waits a tenth of a batch at most: light load goes on at once
-            async for taken in stream.noack_take(s.take_messages, within=s.sink_batch_seconds / 10):
-                for events in steps_by_size(taken, s.step_bytes):
-                    partitions = {event.message.partition for event in events}
-                    await self.guard.learn_where_partitions_start(self.actions_order, partitions)
-                    await self.ownership.take_on(partitions)
-                    self.steps.run(events, self.pending)
-                    await self.guard.keep_in_order(self.actions_order)
-                    if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
-                        while self.in_flight is not None and not self.in_flight.done():
-                            await self.in_flight  # at most one batch in flight: backpressure
-                        self._cut_and_flush()
-                    await asyncio.sleep(0)  # a long take must not hold up the fetcher, acks and heartbeats
+            while True:
+                # a read that finds nothing waits a tenth of a batch at most: light load goes on at once
+                taken = await self.reader.take(s.take_messages, s.sink_batch_seconds / 10)
+                if not taken:
+                    continue
+                async with self.reader.stepping:
+                    await self._step_through(self.reader.still_readable(taken))
         finally:
             ticker.cancel()
             if self.in_flight is not None and not self.in_flight.done():
                 await self.in_flight
+
+    async def _step_through(self, taken: list) -> None:
+        s = self.settings
+        for records in steps_by_size(taken, s.step_bytes):
+            partitions = {record.partition for record in records}
+            await self.guard.learn_where_partitions_start(self.actions_order, partitions)
+            await self.ownership.take_on(partitions)
+            self.steps.run(records, self.pending)
+            await self.guard.keep_in_order(self.actions_order)
+            if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
+                while self.in_flight is not None and not self.in_flight.done():
+                    await self.in_flight  # at most one batch in flight: backpressure
+                self._cut_and_flush()
+            await asyncio.sleep(0)  # a long read must not hold up the fetcher, commits and heartbeats
+
+    async def drain(self) -> None:
+        """Everything read made durable and committed, before Faust lets the partitions go (a
+        rebalance, a stop): the step under way finishes, the pending batch is cut and flushed."""
+        async with self.reader.stepping:
+            try:
+                while self.in_flight is not None and not self.in_flight.done():
+                    await self.in_flight
+                self._cut_and_flush()
+                if self.in_flight is not None:
+                    await self.in_flight
+            except Exception as exc:  # the batch's failure has stopped the worker already
+                log.warning("could not make the last batch durable before letting partitions go: %r", exc)
 
     def _idle_for(self, seconds: float) -> bool:
         """No step for `seconds`, nothing pending, nothing in flight."""
@@ -258,8 +283,7 @@ class Pipeline:
             log.critical("batch failed, stopping the worker: %r", exc)
             await self.app.crash(exc)
             raise
-        for event in write.batch.events:
-            await self._actions_stream.ack(event)
+        await self.reader.commit(write.batch.offsets)
 
     async def profiles_agent(self, stream) -> None:
         await self.track_output_topics()
@@ -305,9 +329,9 @@ class Pipeline:
         return self.totals.current(metric, app) if self.owns_totals() else []
 
 
-def faust_app(s: Settings) -> faust.App:
+def faust_app(s: Settings) -> SelfReadingApp:
     """The worker's Faust app: its group, broker settings and web endpoint; no topics yet."""
-    return faust.App(
+    return SelfReadingApp(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
         store="memory://",

@@ -23,7 +23,7 @@ class PendingBatch:
     """Steps of the input that went through the stages and wait to be made durable together: rows
     accumulate across steps up to one insert's worth, whatever the steps' sizes in messages."""
     started: float = 0.0                                      # monotonic time of its first step
-    events: list = field(default_factory=list)                # Faust events, acked once durable
+    events: list = field(default_factory=list)                # Kafka records, committed once durable
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (first, last) offset
     columns: dict[str, list] = field(default_factory=dict)   # the rows for user_actions, column by column
     row_count: int = 0
@@ -53,16 +53,16 @@ class DurableWrite:
     sends: list  # futures of changelog writes, made when the batch was cut
     partial: dict
 
-def message_bytes(event) -> int:
-    return len(event.message.value or b"")
+def record_bytes(record) -> int:
+    return len(record.value or b"")
 
 
-def steps_by_size(events: list, step_bytes: int, size_of=message_bytes) -> list[list]:
-    """Consecutive runs of `events`, each ending at the first message that brings it to `step_bytes`."""
+def steps_by_size(records: list, step_bytes: int, size_of=record_bytes) -> list[list]:
+    """Consecutive runs of `records`, each ending at the first one that brings it to `step_bytes`."""
     steps, step, size = [], [], 0
-    for event in events:
-        step.append(event)
-        size += size_of(event)
+    for record in records:
+        step.append(record)
+        size += size_of(record)
         if size >= step_bytes:
             steps.append(step)
             step, size = [], 0

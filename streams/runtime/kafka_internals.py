@@ -3,21 +3,77 @@
 The offset guarantees need a few things neither library offers publicly: where Faust keeps the
 gaps its commits fill (`Consumer._gap`) and the offset its fetch loop reads next
 (`Consumer._read_offset`), the aiokafka consumer inside Faust's consumer thread, the producer's
-aiokafka client, and writing a table key to an explicit changelog partition. The versions these
+aiokafka client, and writing a table key to an explicit changelog partition. The input topic is
+read past Faust's per-message hand-off (`SelfReadingApp`): Faust's fetch loop (`Consumer._getmany`)
+is kept off it, the agent reads it with aiokafka's `getmany` from the partitions Faust has active
+(`Consumer._get_active_partitions`), and Faust's wait for in-progress work (`wait_empty`, before a
+rebalance or a stop lets partitions go) first waits for the agent's. The versions these
 were written against are pinned in `pyproject.toml`; `tests/test_kafka_internals.py` fails by
 name when one of them is missing or changes shape.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 
+import faust
+from aiokafka import TopicPartition
 from faust.types import TP
 
 # (owner, attribute) pairs this module relies on: checked by tests/test_kafka_internals.py
-FAUST_CONSUMER_INTERNALS = ("_gap", "_read_offset", "_add_gap", "_thread")
+FAUST_APP_INTERNALS = ("_new_consumer",)
+FAUST_CONSUMER_INTERNALS = ("_gap", "_read_offset", "_add_gap", "_thread", "_getmany", "_get_active_partitions",
+                            "wait_empty", "flow_active")
 FAUST_THREAD_INTERNALS = ("_ensure_consumer", "call_thread")
 FAUST_PRODUCER_INTERNALS = ("_ensure_producer",)
 FAUST_TABLE_INTERNALS = ("data", "send_changelog")
+
+
+class SelfReadingApp(faust.App):
+    """A Faust app whose fetch loop leaves `self_read_topics` to the agent that reads them itself
+    (`read_records`), a whole fetch per call. Faust keeps the group, the assignment, the tables and
+    their recovery, and says which partitions may be read (`readable_partitions`); before it lets
+    partitions go it awaits `before_wait_empty` (the agent makes what it read durable and commits)."""
+
+    self_read_topics: frozenset = frozenset()
+    before_wait_empty = None  # async callable, set by the agent's owner
+
+    def _new_consumer(self):
+        consumer = super()._new_consumer()
+        fetch, wait_empty = consumer._getmany, consumer.wait_empty
+
+        async def getmany_without_self_read(active_partitions, timeout):
+            if active_partitions is not None:
+                active_partitions = {tp for tp in active_partitions if tp.topic not in self.self_read_topics}
+                if not active_partitions:  # aiokafka takes "no partitions" for "every partition"
+                    await asyncio.sleep(timeout)
+                    return {}
+            return await fetch(active_partitions, timeout)
+
+        async def wait_for_self_read_first():
+            if self.before_wait_empty is not None:
+                await self.before_wait_empty()
+            await wait_empty()
+
+        consumer._getmany = getmany_without_self_read
+        consumer.wait_empty = wait_for_self_read_first
+        return consumer
+
+
+def readable_partitions(consumer, topic: str) -> set:
+    """The assigned partitions of `topic` that Faust would fetch now: none while its flow is stopped
+    (a rebalance, a stop) or a partition is paused (its tables recovering)."""
+    if not consumer.flow_active:
+        return set()
+    return {TopicPartition(tp.topic, tp.partition) for tp in consumer._get_active_partitions() if tp.topic == topic}
+
+
+async def read_records(consumer, partitions, timeout_ms: int, max_records: int) -> dict:
+    """aiokafka's `getmany` on the consumer in Faust's consumer thread: what it has fetched of
+    `partitions`, up to `max_records`, waiting up to `timeout_ms` when it has nothing."""
+    thread = consumer._thread
+    return await thread.call_thread(thread._ensure_consumer().getmany, *partitions, timeout_ms=timeout_ms,
+                                    max_records=max_records)
 
 
 def producer_client(app):

@@ -11,7 +11,6 @@ import time
 from collections import defaultdict
 
 from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes
-from streams.runtime.continuity import admit_in_order
 from streams.runtime.kafka_internals import table_delete, table_set
 from streams.runtime.partitions import WATERMARK_KEY
 from streams.stages.flow import process_batch, unpack
@@ -61,18 +60,18 @@ class StepRunner:
         self.stages, self.ownership, self.profile_updates = stages, ownership, profile_updates
         self.order, self.activity, self.times = order, activity, times
 
-    def run(self, events, batch: PendingBatch) -> PendingBatch:
+    def run(self, records, batch: PendingBatch) -> PendingBatch:
         started, started_cpu = time.perf_counter(), time.thread_time()
         by_partition: dict[int, list] = defaultdict(list)
         offsets = batch.offsets
         now_ms = int(time.time() * 1000)
         if not batch.events:
             batch.started = time.monotonic()  # a batch's age counts from its first event
-        for event in events:
-            message = event.message
-            if not admit_in_order(self.order, message):
+        admit = self.order.admit
+        for message in records:
+            if not admit(message.partition, message.offset):
                 continue
-            batch.events.append(event)
+            batch.events.append(message)
             source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
             items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
             by_partition[message.partition].extend(items)
