@@ -36,9 +36,9 @@ class Settings:
     admin_sql: bool = False           # POST /query/ may change data and tables (else read-only)
     sink_batch_size: int = 20_000     # rows per ClickHouse insert, about
     sink_batch_seconds: float = 1.0   # ... or this long, whichever comes first
-    take_messages: int = 100          # Kafka messages per take from the stream (one may be an envelope) ...
+    take_messages: int = 100          # Kafka messages per read of the fetched input (one may be an envelope) ...
     step_bytes: int = 512 * 1024      # ... cut into steps of about this many bytes through the stages
-    allowed_lateness_days: int = 3    # event time; older events are dead-lettered
+    allowed_lateness_days: int = 3    # event time: events further behind the newest are historical (stored, recounted from the store)
     max_future_ms: int = 10 * 60_000  # events stamped further ahead of the stream are dead-lettered
     max_message_bytes: int = 256 * 1024
     scrub_policy: Path | None = None  # None = the bundled default policy

@@ -7,6 +7,9 @@
     user-profiles ──▶ profiles agent ──▶ profiles table (+ ClickHouse user_profiles)
     tally-active-user-partials ──▶ totals agent ──▶ active-users (compacted), alerts
 
+The actions agent reads user-actions itself, a fetch at a time (`InputReader`), and commits each
+batch once it is durable (`Batches`); Faust keeps the group, the tables and the other agents' input.
+
 Tables (memory store, restored from their Kafka changelogs on start):
     active_days     "<partition>|<bucket>" -> [app, user, active day ordinals] of a bucket of users
                     (rewritten at most once per batch, when one of them gained a day)
@@ -24,15 +27,16 @@ import time
 import faust
 
 from streams.config import Settings
-from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes, steps_by_size
+from streams.runtime.batching import StageTimes, steps_by_size
 from streams.runtime.continuity import InputContinuity, OffsetGuard, admit_in_order
 from streams.runtime.durable import DurableWrites
+from streams.runtime.flushing import Batches
 from streams.runtime.health import KAFKA_CHECK_SECONDS, KAFKA_TIMEOUT_SECONDS, KafkaAnswers
 from streams.runtime.kafka_internals import SelfReadingApp, producer_client, track_topics
 from streams.runtime.profiles import ProfileUpdates
 from streams.runtime.reader import InputReader
 from streams.runtime.partitions import PartitionOwnership
-from streams.runtime.steps import InputActivity, StepRunner, cut
+from streams.runtime.steps import InputActivity, StepRunner
 from streams.runtime.totals import Totals
 from streams.stages.alerts import AlertEngine, load_rules
 from streams.stages.enrich import load_mapping
@@ -50,8 +54,9 @@ PARTIALS_TOPIC = "tally-active-user-partials"
 
 class Pipeline:
     """The running worker: the Faust app, its topics, tables and agents, composed of parts with one
-    job each: the stages (`Stages`), the offset guard (`OffsetGuard`), partition ownership
-    (`PartitionOwnership`), the totals (`Totals`) and the ClickHouse writer."""
+    job each: the input reader (`InputReader`), the stages (`Stages`), the offset guard
+    (`OffsetGuard`), partition ownership (`PartitionOwnership`), the batches on their way to being
+    durable (`Batches`), the totals (`Totals`) and the ClickHouse writer."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -70,16 +75,15 @@ class Pipeline:
         self.activity = InputActivity()
         self.kafka_answers = KafkaAnswers()
         self.stopped = False
-        self.pending = PendingBatch()
         self.stage_times = StageTimes()  # for /stats/ and /metrics/
-        self.in_flight: asyncio.Task | None = None
         self._tracking_client = None  # the producer's client that tracks the output topics
         self.app = self._build_app()
         self.durable = DurableWrites(settings, self.writer, self.retry, self.counts, self.consumed_offsets,
                                      self.actions_topic, self.dlq_topic, self.partials_topic)
         self.guard = OffsetGuard(self.app, settings.bootstrap)
         self.reader = InputReader(self.app, settings.topics.user_actions)
-        self.app.before_wait_empty = self.drain
+        self.batches = Batches(settings, self.durable, self.reader, self.active_days, self.app)
+        self.app.before_wait_empty = self.batches.drain
         self.profile_updates = ProfileUpdates(self.profiles, self.profiles_topic, self.profiles_order, self.guard,
                                               self.stages, self.scrubber, self.writer, self.retry)
         self.ownership = PartitionOwnership(self.active_days, self.writer, settings.allowed_lateness_days,
@@ -175,7 +179,7 @@ class Pipeline:
 
     # ---- agents ---------------------------------------------------------------------------
     async def actions_agent(self, stream) -> None:
-        """Reads of up to `take_messages` Kafka messages (`InputReader`: a fetch at a time, not
+        """Takes of about `step_bytes` or more (`InputReader`: Kafka messages a fetch at a time, not
         through `stream`, which Faust leaves empty) go through the stages (CPU, this thread) in
         steps of about `step_bytes`, so a step's fixed costs are spread over a few thousand events
         whether they come one per message or in envelopes. Steps accumulate; at `sink_batch_size`
@@ -189,15 +193,14 @@ class Pipeline:
         try:
             while True:
                 # a read that finds nothing waits a tenth of a batch at most: light load goes on at once
-                taken = await self.reader.take(s.take_messages, s.sink_batch_seconds / 10)
+                taken = await self.reader.take(s.take_messages, s.step_bytes, s.sink_batch_seconds / 10)
                 if not taken:
                     continue
                 async with self.reader.stepping:
                     await self._step_through(self.reader.still_readable(taken))
         finally:
             ticker.cancel()
-            if self.in_flight is not None and not self.in_flight.done():
-                await self.in_flight
+            await self.batches.wait_in_flight()
 
     async def _step_through(self, taken: list) -> None:
         s = self.settings
@@ -205,34 +208,10 @@ class Pipeline:
             partitions = {record.partition for record in records}
             await self.guard.learn_where_partitions_start(self.actions_order, partitions)
             await self.ownership.take_on(partitions)
-            self.steps.run(records, self.pending)
+            self.steps.run(records, self.batches.pending)
             await self.guard.keep_in_order(self.actions_order)
-            if self.pending.row_count >= s.sink_batch_size or self._pending_is_due():
-                while self.in_flight is not None and not self.in_flight.done():
-                    await self.in_flight  # at most one batch in flight: backpressure
-                self._cut_and_flush()
+            await self.batches.flush_if_due()
             await asyncio.sleep(0)  # a long read must not hold up the fetcher, commits and heartbeats
-
-    async def drain(self) -> None:
-        """Everything read made durable and committed, before Faust lets the partitions go (a
-        rebalance, a stop): the step under way finishes, the pending batch is cut and flushed."""
-        async with self.reader.stepping:
-            try:
-                while self.in_flight is not None and not self.in_flight.done():
-                    await self.in_flight
-                self._cut_and_flush()
-                if self.in_flight is not None:
-                    await self.in_flight
-            except Exception as exc:  # the batch's failure has stopped the worker already
-                log.warning("could not make the last batch durable before letting partitions go: %r", exc)
-
-    def _idle_for(self, seconds: float) -> bool:
-        """No step for `seconds`, nothing pending, nothing in flight."""
-        return (time.monotonic() - self.activity.last_step >= seconds and not self.pending.events
-                and (self.in_flight is None or self.in_flight.done()))
-
-    def _pending_is_due(self) -> bool:
-        return bool(self.pending.events) and time.monotonic() - self.pending.started >= self.settings.sink_batch_seconds
 
     async def _flush_when_due(self) -> None:
         """A batch is cut by time too when no more input comes (a quiet stream, a rebalance or a
@@ -241,14 +220,14 @@ class Pipeline:
             await asyncio.sleep(self.settings.sink_batch_seconds / 4)
             for order in self.ordered_topics:
                 await self.guard.keep_in_order(order)
-            if self._pending_is_due() and (self.in_flight is None or self.in_flight.done()):
-                self._cut_and_flush()
+            if self.batches.is_due() and not self.batches.flying:
+                self.batches.cut_and_flush()
             try:
                 await self._report_idle_partitions()
             except Exception as exc:  # only the alerts' clock waits for the next try: keep cutting batches
                 log.warning("could not report idle partitions: %r", exc)
             try:
-                if self._idle_for(2.0):
+                if not self.batches.busy and time.monotonic() - self.activity.last_step >= 2.0:
                     await self.guard.catch_stalled_partitions(self.actions_order)
             except Exception as exc:
                 log.warning("could not look for stalled input partitions: %r", exc)
@@ -257,7 +236,7 @@ class Pipeline:
         """Input partitions that are caught up and have had nothing new for `idle_partition_seconds`
         go to the totals agent as idle, so they stop holding back the alerts' clock (the usual
         idle-source problem of event time). Their next data makes them count again."""
-        if self.stopped or self.pending.events or (self.in_flight is not None and not self.in_flight.done()):
+        if self.stopped or self.batches.busy:
             return
         idle = self.activity.quiet_partitions(self.app.consumer, self.settings.topics.user_actions,
                                               self.consumed_offsets, self.settings.idle_partition_seconds)
@@ -265,25 +244,6 @@ class Pipeline:
             partial = {"partitions": {p: {"idle": True} for p in idle}, "counts": []}
             await self.partials_topic.send(key=b"counts", value=json.dumps(partial).encode())
             self.activity.reported_idle.update(idle)
-
-    def _cut_and_flush(self) -> None:
-        """Cut the pending batch, its state changes snapshotted now (`steps.cut`), and make it durable."""
-        if not self.pending.events:  # the ticker cut it while this waited
-            return
-        batch, self.pending = self.pending, PendingBatch()
-        self.in_flight = asyncio.ensure_future(self._make_durable_and_ack(cut(batch, self.active_days)))
-
-    async def _make_durable_and_ack(self, write: DurableWrite) -> None:
-        try:
-            await self.durable.make_durable(write)
-        except Exception as exc:
-            # The partition state already holds this batch, so carrying on would take its
-            # redelivered events for duplicates. Stop the worker instead; a restart rebuilds the
-            # state from what was made durable.
-            log.critical("batch failed, stopping the worker: %r", exc)
-            await self.app.crash(exc)
-            raise
-        await self.reader.commit(write.batch.offsets)
 
     async def profiles_agent(self, stream) -> None:
         await self.track_output_topics()

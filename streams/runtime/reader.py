@@ -24,16 +24,26 @@ class InputReader:
         self.stepping = asyncio.Lock()  # held while read records go through the stages; a drain waits for it
         self._generation = None
 
-    async def take(self, max_records: int, timeout: float) -> list:
-        """The records fetched so far, up to `max_records`, in offset order per partition; waits up
-        to `timeout` seconds when there are none."""
-        partitions = readable_partitions(self.app.consumer, self.topic)
+    async def take(self, max_records: int, max_bytes: int, timeout: float) -> list:
+        """The records fetched so far, in offset order per partition: reads of up to `max_records`
+        until they hold `max_bytes` or nothing more has been fetched, so a take of single messages
+        is as many bytes as one of envelopes. Waits up to `timeout` seconds when there are none."""
+        consumer = self.app.consumer
+        partitions = readable_partitions(consumer, self.topic)
         if not partitions:
             await asyncio.sleep(min(timeout, 0.05))
             return []
         self._generation = self.app.consumer_generation_id
-        fetched = await read_records(self.app.consumer, partitions, int(timeout * 1000), max_records)
-        return [record for records in fetched.values() for record in records]
+        taken, size, timeout_ms, ask = [], 0, int(timeout * 1000), max_records
+        while True:
+            fetched = await read_records(consumer, partitions, timeout_ms, ask)
+            read = [record for records in fetched.values() for record in records]
+            taken += read
+            size += sum(len(record.value or b"") for record in read)
+            if len(read) < ask or size >= max_bytes:
+                return taken
+            # more is fetched: as many records again as the bytes still to take hold, at their size so far
+            timeout_ms, ask = 0, max(max_records, (max_bytes - size) * len(taken) // max(size, 1) + 1)
 
     def still_readable(self, records: list) -> list:
         """`records` minus those of partitions Faust has stopped since they were read (a rebalance
