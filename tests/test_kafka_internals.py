@@ -112,3 +112,13 @@ def test_aiokafka_getmany_takes_partitions_timeout_and_max_records():
     from aiokafka import AIOKafkaConsumer
     params = inspect.signature(AIOKafkaConsumer.getmany).parameters
     assert {"partitions", "timeout_ms", "max_records"} <= set(params)
+
+
+def test_the_app_says_when_it_is_rebalancing(app):
+    """The self-read agent reads nothing from a rebalance's start until Faust has sought the
+    partitions to their committed offsets (`readable_partitions`)."""
+    assert app.rebalancing is False
+    app.on_rebalance_start()
+    assert app.rebalancing is True
+    app.on_rebalance_end()
+    assert app.rebalancing is False

@@ -60,10 +60,12 @@ class SelfReadingApp(faust.App):
         return consumer
 
 
-def readable_partitions(consumer, topic: str) -> set:
-    """The assigned partitions of `topic` that Faust would fetch now: none while its flow is stopped
-    (a rebalance, a stop) or a partition is paused (its tables recovering)."""
-    if not consumer.flow_active:
+def readable_partitions(app, topic: str) -> set:
+    """The assigned partitions of `topic` that Faust would fetch now: none from the start of a
+    rebalance until its seek to the committed offsets is done (`rebalancing`), none while its flow
+    is stopped (a stop), and none that is paused (its tables recovering)."""
+    consumer = app.consumer
+    if app.rebalancing or not consumer.flow_active:
         return set()
     return {TopicPartition(tp.topic, tp.partition) for tp in consumer._get_active_partitions() if tp.topic == topic}
 

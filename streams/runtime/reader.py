@@ -29,7 +29,7 @@ class InputReader:
         until they hold `max_bytes` or nothing more has been fetched, so a take of single messages
         is as many bytes as one of envelopes. Waits up to `timeout` seconds when there are none."""
         consumer = self.app.consumer
-        partitions = readable_partitions(consumer, self.topic)
+        partitions = readable_partitions(self.app, self.topic)
         if not partitions:
             await asyncio.sleep(min(timeout, 0.05))
             return []
@@ -50,7 +50,7 @@ class InputReader:
         began): call it holding `stepping`, so no drain runs between this and their step."""
         if self.app.consumer_generation_id != self._generation:
             return []
-        partitions = readable_partitions(self.app.consumer, self.topic)
+        partitions = readable_partitions(self.app, self.topic)
         return [record for record in records if TopicPartition(record.topic, record.partition) in partitions]
 
     async def commit(self, offsets: dict[int, tuple[int, int]]) -> None:
