@@ -40,8 +40,8 @@ class InputReader:
             read = [record for records in fetched.values() for record in records]
             taken += read
             size += sum(len(record.value or b"") for record in read)
-            if len(read) < ask or size >= max_bytes:
-                return taken
+            if len(read) < ask or size >= max_bytes or self.app.rebalancing:
+                return taken  # (a rebalance begun: read no further past what `still_readable` drops)
             # more is fetched: as many records again as the bytes still to take hold, at their size so far
             timeout_ms, ask = 0, max(max_records, (max_bytes - size) * len(taken) // max(size, 1) + 1)
 
