@@ -50,8 +50,8 @@ class InputReader:
         began): call it holding `stepping`, so no drain runs between this and their step."""
         if self.app.consumer_generation_id != self._generation:
             return []
-        partitions = readable_partitions(self.app, self.topic)
-        return [record for record in records if TopicPartition(record.topic, record.partition) in partitions]
+        readable = {tp.partition for tp in readable_partitions(self.app, self.topic)}  # once, not per record
+        return [record for record in records if record.partition in readable]
 
     async def commit(self, offsets: dict[int, tuple[int, int]]) -> None:
         """Commit past the last offset of each partition still assigned (partition -> (first, last)).
