@@ -2,6 +2,7 @@
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from streams.contract import UserAction
 from streams.stages.enrich import (KPI_COLUMNS, SESSION_GAP_MS, assign_sessions, build_columns, close_sessions,
@@ -59,6 +60,70 @@ def test_property_extraction(app, kwargs, props, fields, expected):
     row = one_row(UserAction(app=app, properties=props, **fields), kwargs)
     assert {name: row[name] for name in KPI_COLUMNS} == {**dict.fromkeys(KPI_COLUMNS, ""), "result_index": None,
                                                          **expected}
+
+
+_KEYS = ("table_key", "index", "result_index", "source", "search_term", "term", "query", "repo", "key", "user_id",
+         "dashboard_id", "target_type", "nested", "other")
+_VALUES = st.one_of(st.sampled_from(["", "x", "hive://gold.t", "7", "not a number"]), st.none(),
+                    st.integers(-2**40, 2**40), st.booleans(), st.floats(allow_nan=False, allow_infinity=False),
+                    st.dictionaries(st.sampled_from(["x", "y"]), st.integers(0, 3), max_size=2))
+_ROWS = st.lists(st.tuples(st.sampled_from(["amundsen", "code-search", "bi", "other"]),
+                           st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=5),
+                           st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(["", "p", "3", "d-1"]), max_size=3),
+                           st.sampled_from(["", "t-9"]), st.sampled_from(["", "search_results"]),
+                           st.sampled_from(["", "chart"])),
+                 min_size=1, max_size=30)
+
+
+def kpis_by_the_rule(action: UserAction, kwargs: dict) -> dict:
+    """The mapping's rule, row by row: each column takes the first of its sources, in order, that has a
+    value (not missing, null or ""); result_index as an Int32 or None, the others as text."""
+    found = {}
+    for column, sources in MAPPING.for_app(action.app).items():
+        for kind, path in sources:
+            if kind == "kwargs":
+                value = kwargs.get(path[0])
+                for part in path[1:]:
+                    value = value.get(part) if isinstance(value, dict) else None
+            elif kind == "props":
+                value = action.properties.get(path[0])
+            elif kind == "field":
+                value = getattr(action, path[0])
+            else:
+                value = None  # no positional arguments here
+            if value is not None and value != "":
+                found[column] = value
+                break
+    kpis = {**dict.fromkeys(KPI_COLUMNS, ""), "result_index": None}
+    for column, value in found.items():
+        if column != "result_index":
+            kpis[column] = value if isinstance(value, str) else str(value)
+            continue
+        try:
+            index = int(value)
+        except (TypeError, ValueError, OverflowError):
+            index = None
+        kpis[column] = index if index is not None and -2**31 <= index < 2**31 else None
+    kpis["target_type"] = kpis["target_type"] or MAPPING.target_type_for(action.command)
+    return kpis
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ROWS)
+def test_every_row_of_a_batch_gets_the_kpis_of_the_mapping_rule(rows):
+    """A batch's rows share the work of their argument shapes; each row still gets exactly what the
+    mapping's rule gives it, alone or in any batch."""
+    actions = [UserAction(app=app, command="_get_table_metadata", properties=props, target_id=target_id,
+                          location=location, target_type=target_type)
+               for app, _, props, target_id, location, target_type in rows]
+    kwargs = [row[1] for row in rows]
+    batch = rows_of(build_columns(read_fields(actions), actions, [Source("t", 0, 0)] * len(rows), kwargs,
+                                  [[] for _ in rows], MAPPING, 1))
+    for row, action, arguments in zip(batch, actions, kwargs):
+        expected = kpis_by_the_rule(action, arguments)
+        assert {name: row[name] for name in KPI_COLUMNS} == expected
+        alone = one_row(action, arguments)
+        assert {name: alone[name] for name in KPI_COLUMNS} == expected
 
 
 def test_bad_mapping_is_a_clear_error(tmp_path):

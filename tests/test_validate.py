@@ -1,4 +1,6 @@
 """Validation: every way a message can be wrong ends in a precise reason code."""
+import math
+
 import pytest
 
 from streams.stages import outcome
@@ -63,6 +65,21 @@ CASES = [
     ("invalid utf-8", good(user="ANN").SerializeToString().replace(b"ANN", b"\xff\xfeN"), 0, outcome.INVALID_UTF8),
     ("user id too long", good(user="u" * 300).SerializeToString(), 0, outcome.INVALID_FIELD),
 ]
+
+
+@pytest.mark.parametrize("text,parsed", [
+    ('{"id": 123456789012345678901234567890}', {"id": 123456789012345678901234567890}),  # past 64 bits: exact
+    ('{"id": -9223372036854775809, "n": 18446744073709551615}', {"id": -2**63 - 1, "n": 2**64 - 1}),
+    ('{"table_key": "t_20240101123456789012345", "index": 2.50}', {"table_key": "t_20240101123456789012345", "index": 2.5}),
+])
+def test_arguments_parse_as_json_reads_them(text, parsed):
+    """Arguments are read exactly as Python's json module reads them, whichever parser did the work."""
+    assert parse_json_field(good(keyword_args_json=text), "keyword_args_json", dict) == parsed
+
+
+def test_arguments_json_takes_nan_and_infinity_as_python_does():
+    kwargs = parse_json_field(good(keyword_args_json='{"a": NaN, "b": 1e400, "c": -Infinity}'), "keyword_args_json", dict)
+    assert math.isnan(kwargs["a"]) and kwargs["b"] == math.inf and kwargs["c"] == -math.inf
 
 
 @pytest.mark.parametrize("name,raw,watermark,expected", CASES, ids=[c[0] for c in CASES])

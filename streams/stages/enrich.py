@@ -61,6 +61,7 @@ class PropertyMapping:
     target_type_from_command: tuple[tuple[str, str], ...]
     _plans: dict = field(default_factory=dict, compare=False, repr=False)
     _target_types: dict = field(default_factory=dict, compare=False, repr=False)
+    _shape_plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     def for_app(self, app: str) -> dict:
         columns = self.per_app.get(app)
@@ -134,8 +135,9 @@ def load_mapping(path: str | Path | None = None) -> PropertyMapping:
 
 
 def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: list, properties: dict) -> dict:
-    """The columns the plan's sources give: looks up only the keys the action has (a handful) rather
-    than every source of every column."""
+    """The columns the plan's sources give one row: looks up only the keys the action has (a handful)
+    rather than every source of every column. `extract_columns` does a batch; this is its row by row
+    case, for a row whose first source has no value."""
     best: dict[str, tuple[int, object]] = {}  # column -> (rank, value) of its best source so far
     if kwargs:
         _take_present(kwargs, plan.by_kwarg, best)
@@ -158,11 +160,7 @@ def _extract(plan: "_LookupPlan", action: UserAction, kwargs: dict, pos_args: li
     found = {column: value if type(value) is str or column == "result_index" else str(value)
              for column, (_, value) in best.items()}
     if "result_index" in found:
-        try:
-            index = int(found["result_index"])
-        except (TypeError, ValueError, OverflowError):
-            index = None
-        found["result_index"] = index if index is not None and _INT32_MIN <= index <= _INT32_MAX else None
+        found["result_index"] = _as_result_index(found["result_index"])
     return found
 
 
@@ -176,6 +174,96 @@ def _take_present(present: dict, feeds: dict, best: dict) -> None:
                 best[column] = (rank, value)
 
 
+# ---- property extraction over a batch, shape by shape ----------------------------------------
+
+# A batch repeats a few argument and property key sets (the signatures of the functions tracked):
+# rows of one shape take each KPI column from the same first sources, read in C over the group.
+_SHAPE_PLANS_CACHED = 10_000
+_ONLY_TEXT = {str}
+
+
+def _shape_plan(plan: _LookupPlan, kwarg_keys: tuple, property_keys: tuple) -> dict[str, tuple]:
+    """Per column, its sources in rank order that rows of this shape can have a value from: a key
+    absent from the shape is skipped; fields, positional arguments and nested keys stay."""
+    present_kwargs, present_properties = set(kwarg_keys), set(property_keys)
+    by_column: dict[str, list] = {}
+    for key, feeds in plan.by_kwarg.items():
+        if key in present_kwargs:
+            for rank, column in feeds:
+                by_column.setdefault(column, []).append((rank, "kwargs", (key,)))
+    for key, feeds in plan.by_property.items():
+        if key in present_properties:
+            for rank, column in feeds:
+                by_column.setdefault(column, []).append((rank, "props", (key,)))
+    for rank, column, kind, path in plan.others:
+        if kind != "kwargs" or path[0] in present_kwargs:
+            by_column.setdefault(column, []).append((rank, kind, path))
+    return {column: tuple((kind, path) for _, kind, path in sorted(sources))
+            for column, sources in by_column.items()}
+
+
+def _first_values(kind: str, path: tuple, rows: list[int], actions: list[UserAction], fields: dict[str, list],
+                  kwargs: list[dict], properties: list[dict]) -> list:
+    """The values of one source for the rows of a group, in C where the source is a plain key or field."""
+    if kind == "kwargs" and len(path) == 1:
+        return list(map(operator.itemgetter(path[0]), map(kwargs.__getitem__, rows)))
+    if kind == "props":
+        return list(map(operator.itemgetter(path[0]), map(properties.__getitem__, rows)))
+    if kind == "field":
+        read = fields.get(path[0])
+        return (list(map(read.__getitem__, rows)) if read is not None else
+                list(map(operator.attrgetter(path[0]), map(actions.__getitem__, rows))))
+    return [None] * len(rows)  # positional arguments and nested keys: the rows' own lookup decides
+
+
+def extract_columns(mapping: PropertyMapping, fields: dict[str, list], actions: list[UserAction], kwargs: list[dict],
+                    pos_args: list[list], properties: list[dict]) -> dict[str, list]:
+    """The KPI columns of a batch: for each row, what `_extract` gives it ("" or None where nothing),
+    worked out once per shape (app, argument keys, property keys) and read in C over its rows.
+    Only a row whose first source is empty, or a positional or nested one, is looked up on its own."""
+    columns = {column: [None if column == "result_index" else ""] * len(actions) for column in KPI_COLUMNS}
+    groups: dict[tuple, list[int]] = {}
+    for index, shape in enumerate(zip(fields["app"], map(tuple, kwargs), map(tuple, properties))):
+        group = groups.get(shape)
+        if group is None:
+            groups[shape] = [index]
+        else:
+            group.append(index)
+    plans = mapping._shape_plans
+    for shape, rows in groups.items():
+        plan = mapping.lookup_plan(shape[0])
+        shape_plan = plans.get(shape)
+        if shape_plan is None:
+            if len(plans) > _SHAPE_PLANS_CACHED:
+                plans.clear()
+            shape_plan = plans[shape] = _shape_plan(plan, shape[1], shape[2])
+        for column, sources in shape_plan.items():
+            kind, path = sources[0]
+            values = _first_values(kind, path, rows, actions, fields, kwargs, properties)
+            if (len(sources) > 1 or kind == "args" or len(path) > 1) and (None in values or "" in values):
+                for at, (row, value) in enumerate(zip(rows, values)):
+                    if value is None or value == "":
+                        values[at] = _extract(plan, actions[row], kwargs[row], pos_args[row],
+                                              properties[row]).get(column)
+            if column == "result_index":
+                values = list(map(_as_result_index, values))
+            elif set(map(type, values)) != _ONLY_TEXT:
+                values = ["" if value is None else value if type(value) is str else str(value) for value in values]
+            any(map(columns[column].__setitem__, rows, values))  # scattered back in C (each call is None)
+    return columns
+
+
+def _as_result_index(value) -> int | None:
+    """A value for the Nullable(Int32) column: None when it is not a whole number in range."""
+    if value is None or value == "":
+        return None
+    try:
+        index = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return index if _INT32_MIN <= index <= _INT32_MAX else None
+
+
 # ---- the rows, column by column ----------------------------------------------------------
 
 Columns = dict  # column name -> one value per row: how a batch of rows travels to the sink
@@ -184,8 +272,6 @@ Columns = dict  # column name -> one value per row: how a batch of rows travels 
 _COPIED_FIELDS = ("event_id", "app", "command", "user", "host_name", "session_id", "pos_args_json",
                   "keyword_args_json", "output", "error", "target_id", "label", "location", "value")
 _read_properties = operator.attrgetter("properties")
-# a KPI column's value out of what `_extract` found ("" when nothing, None for result_index), in C
-_TAKE = {column: operator.methodcaller("get", column, None if column == "result_index" else "") for column in KPI_COLUMNS}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -207,7 +293,7 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
     days, weekends = (list(c) for c in zip(*map(_day, [start // 86_400_000 for start in starts]))) if n else ([], [])
     # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
     properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
-    extracted = list(map(_extract, map(mapping.lookup_plan, copied["app"]), actions, kwargs, pos_args, properties))
+    extracted = extract_columns(mapping, fields, actions, kwargs, pos_args, properties)
     return {
         **copied,
         "event_name": list(map(event_name, copied["command"])),
@@ -218,13 +304,13 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
         "end_epoch_ms": ends,
         "duration_ms": list(map(operator.sub, ends, starts)),
         "has_error": [1 if error else 0 for error in copied["error"]],
-        "target_type": [found["target_type"] if "target_type" in found else mapping.target_type_for(command)
-                        for found, command in zip(extracted, copied["command"])],
+        "target_type": [found or mapping.target_type_for(command)
+                        for found, command in zip(extracted["target_type"], copied["command"])],
         "properties": properties,
-        "search_term": list(map(_TAKE["search_term"], extracted)),
-        "result_index": list(map(_TAKE["result_index"], extracted)),
-        "source": list(map(_TAKE["source"], extracted)),
-        "resource_key": list(map(_TAKE["resource_key"], extracted)),
+        "search_term": extracted["search_term"],
+        "result_index": extracted["result_index"],
+        "source": extracted["source"],
+        "resource_key": extracted["resource_key"],
         "user_email": [""] * n,
         "user_title": [""] * n,
         "user_team": [""] * n,

@@ -6,6 +6,7 @@ tests and benchmarks run it on plain lists.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import itertools
 import time
@@ -266,7 +267,7 @@ def count_activity(columns: enrich.Columns, state: PartitionState, limits: Limit
         if start > newest.get(app, 0):
             newest[app] = start
     activity = state.activity
-    activity.add_batch(apps, columns["user"], list(map(day_ordinal, starts)))
+    activity.add_batch(apps, columns["user"], list(map(dt.date.toordinal, columns["ds"])))  # ds: the UTC day of ts
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
     result.corrections = activity.take_corrections()
     if state.watermark_ms and day_ordinal(state.watermark_ms) > activity.watermark_day:

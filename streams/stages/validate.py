@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 from dataclasses import dataclass
 
+import orjson
 from google.protobuf.message import DecodeError
 
 from streams.contract import SCHEMA_VERSION, UserAction, UserActionBatch
@@ -123,7 +125,7 @@ def parse_json(text: str, name: str, expected: type):
     if not text or text == _EMPTY[expected]:  # the commonest arguments of all, without the parser
         return expected()
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except ValueError as exc:
         raise Rejected(INVALID_JSON, f"{name} is not valid JSON: {exc}") from None
     except RecursionError:  # "[[[[...]]]]" deeper than the parser recurses
@@ -134,6 +136,20 @@ def parse_json(text: str, name: str, expected: type):
         raise Rejected(INVALID_JSON, f"{name} has a \\ud800-\\udfff escape without its pair: not Unicode text, "
                                      f"and no store can keep it")
     return value
+
+
+# orjson parses in a quarter of json's time. Where the two differ, json decides: orjson refuses
+# some text json takes (NaN, 1e400, a lone surrogate escape: judged below), and reads an integer
+# past 64 bits as a float where json keeps it exact.
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def _loads(text: str):
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return json.loads(text) if _LONG_DIGITS.search(text) else value
 
 
 def _has_lone_surrogate(value) -> bool:
