@@ -3,11 +3,13 @@ ClickHouse, without either."""
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from streams.stages.active_users import PartitionActivity
 from streams.contract import DeadLetter, UserAction
 from streams.stages.enrich import load_mapping
 from streams.stages.outcome import Source
+from streams.stages import flow
 from streams.stages.flow import PartitionState, RecentIds, Stages, partition_for_user, process_batch
 from streams.stages.scrub import Scrubber, load_policy
 from streams.stages.validate import DAY_MS, Limits
@@ -304,3 +306,34 @@ def test_awkward_arguments_end_as_rows_or_dead_letters_never_as_a_failed_insert(
     ClickHouseWriter(ch).insert_columns("user_actions", result.columns, USER_ACTION_COLUMNS, "t")
     assert ch.query("SELECT event_id, search_term, result_index FROM user_actions ORDER BY event_id").result_rows \
         == [("e2", "\U0001F600", None), ("e3", "", None)]
+
+
+_ADMISSION_BATCHES = st.lists(
+    st.tuples(st.integers(0, 150),                               # event id: repeats are duplicates
+              st.sampled_from(users_in(0, 12) + users_in(1, 1)),  # a user of another partition is re-routed
+              st.integers(-5 * DAY_MS, 0),                        # how far behind "now": late and historical
+              st.sampled_from(["", "{}", '{"index": "3"}', '{"a": [1]}', '[]', '{"oops'])),  # some not an object
+    min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ADMISSION_BATCHES, st.lists(st.integers(0, 150), max_size=5), st.integers(-4 * DAY_MS, 0),
+       st.integers(1, 60))
+def test_admission_of_a_batch_at_once_is_admission_event_by_event(batch, seen, watermark_behind, generation):
+    """A clean batch is judged in a few passes over its columns; any batch must come out exactly as
+    it does event by event: the same events kept, counted, re-routed and dead-lettered, the same
+    watermark and the same ids remembered."""
+    messages = [(action(f"e{n}", user, NOW + behind, keyword_args_json=kwargs), Source("user-actions", 0, offset))
+                for offset, (n, user, behind, kwargs) in enumerate(batch)]
+    outcomes = []
+    for at_once in (True, False):
+        state = PartitionState(PartitionActivity(lateness_days=3), watermark_ms=NOW + watermark_behind,
+                               recent_ids=RecentIds(generation_size=generation))
+        for n in seen:
+            state.recent_ids.remember(f"e{n}")
+        result = flow.BatchResult()
+        admitted = flow.admit(messages, state, STAGES, result, NOW, at_once=at_once)
+        outcomes.append((admitted.fields, admitted.kwargs, admitted.pos_args, [s.offset for s in admitted.sources],
+                         vars(result.counts), [bytes(d.SerializeToString()) for d in result.dead_letters],
+                         result.reroutes, state.watermark_ms, state.recent_ids.current, state.recent_ids.previous))
+    assert outcomes[0] == outcomes[1]

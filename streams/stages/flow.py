@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,14 @@ class RecentIds:
         self.current.add(event_id)
         if len(self.current) >= self.generation_size:
             self.previous, self.current = self.current, set()
+
+    def remember_all(self, event_ids: list[str]) -> None:
+        """`remember` for each of some distinct ids, none of them remembered yet."""
+        if len(self.current) + len(event_ids) < self.generation_size:
+            self.current.update(event_ids)
+        else:
+            for event_id in event_ids:
+                self.remember(event_id)
 
     def forget(self, event_id: str) -> None:
         """An event taken but not stored after all (ClickHouse refused its row): its replay is new."""
@@ -184,9 +193,10 @@ class Admitted:
 
 
 def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
-          result: BatchResult, now_ms: int) -> Admitted:
+          result: BatchResult, now_ms: int, at_once: bool = True) -> Admitted:
     """Validate, route and deduplicate a batch, in order; every message that does not go on ends in
-    `result` (a dead letter, a reroute or a duplicate). Moves the partition's watermark."""
+    `result` (a dead letter, a reroute or a duplicate). Moves the partition's watermark. A clean
+    batch is judged at once (`admit_clean`), unless `at_once` is False; any other event by event."""
     counts = result.counts
     limits, scrubber = stages.limits, stages.scrubber
     decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
@@ -202,7 +212,60 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
              for action, raw, source in decoded]
     fields = validate.read_fields([action for action, _, _ in decoded])
     suspects = validate.suspects(fields, sizes, limits, now_ms)
+    if at_once and not suspects:
+        clean = admit_clean(decoded, fields, state, stages, counts)
+        if clean is not None:
+            return clean
+    return admit_each(decoded, fields, sizes, suspects, state, stages, result, now_ms)
 
+
+def admit_clean(decoded: list[tuple[UserAction, bytes | UserAction | None, Source]], fields: dict[str, list],
+                state: PartitionState, stages: Stages, counts: BatchCounts) -> Admitted | None:
+    """The common batch, judged at once: every event valid and new, of users of the partition it came
+    in, its arguments readable JSON, with no verdict carried. The same outcome as `admit_each`, in a
+    few passes over columns; None when the batch is not such a one (then `admit_each` judges it)."""
+    sources = [source for _, _, source in decoded]
+    partitions = set(map(_partition_of, sources))
+    if len(partitions) != 1 or set(map(_verdict_of, sources)) != {""}:
+        return None
+    partition = partitions.pop()
+    route = stages.route
+    if any(route(user)[1] not in (None, partition) for user in set(fields["user"])):
+        return None
+    event_ids, recent = fields["event_id"], state.recent_ids
+    if len(set(event_ids)) != len(event_ids) or not (recent.current.isdisjoint(event_ids)
+                                                     and recent.previous.isdisjoint(event_ids)):
+        return None
+    parse_json = validate.parse_json
+    try:
+        kwargs = [parse_json(text, "keyword_args_json", dict) if text and text != "{}" else {}
+                  for text in fields["keyword_args_json"]]
+        pos_args = [parse_json(text, "pos_args_json", list) if text and text != "[]" else []
+                    for text in fields["pos_args_json"]]
+    except Rejected:
+        return None
+    # each event against the partition's newest event before it, as `admit_each` moves the watermark
+    starts, lateness = fields["start_epoch_ms"], stages.limits.allowed_lateness_ms
+    watermarks = list(itertools.accumulate(starts, max, initial=state.watermark_ms))
+    if any(map(operator.lt, starts, watermarks)):
+        for start, watermark in zip(starts, watermarks):
+            if start < watermark:
+                counts.count_lateness(LATE if start >= watermark - lateness else HISTORICAL)
+    state.watermark_ms = watermarks[-1]
+    recent.remember_all(event_ids)
+    counts.delivered += len(event_ids)
+    return Admitted([action for action, _, _ in decoded], sources, fields, kwargs, pos_args)
+
+
+_partition_of = operator.attrgetter("partition")
+_verdict_of = operator.attrgetter("verdict")
+
+
+def admit_each(decoded: list[tuple[UserAction, bytes | UserAction | None, Source]], fields: dict[str, list],
+               sizes: list[int], suspects: set[int], state: PartitionState, stages: Stages, result: BatchResult,
+               now_ms: int) -> Admitted:
+    """Admission event by event, in order: any batch, whatever is wrong with it."""
+    counts, limits, scrubber = result.counts, stages.limits, stages.scrubber
     recent = state.recent_ids
     remember = recent.remember
     route = stages.route
