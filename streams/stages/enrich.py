@@ -294,6 +294,7 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
     # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
     properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
     extracted = extract_columns(mapping, fields, actions, kwargs, pos_args, properties)
+    by_command = {command: mapping.target_type_for(command) for command in set(copied["command"])}
     return {
         **copied,
         "event_name": list(map(event_name, copied["command"])),
@@ -304,8 +305,7 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
         "end_epoch_ms": ends,
         "duration_ms": list(map(operator.sub, ends, starts)),
         "has_error": [1 if error else 0 for error in copied["error"]],
-        "target_type": [found or mapping.target_type_for(command)
-                        for found, command in zip(extracted["target_type"], copied["command"])],
+        "target_type": [found or by_command[command] for found, command in zip(extracted["target_type"], copied["command"])],
         "properties": properties,
         "search_term": extracted["search_term"],
         "result_index": extracted["result_index"],

@@ -201,6 +201,9 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     limits, scrubber = stages.limits, stages.scrubber
     decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
     for raw, source in messages:
+        if type(raw) is UserAction:  # out of an envelope: parsed already
+            decoded.append((raw, raw, source))
+            continue
         try:
             decoded.append((validate.decode(raw, limits), raw, source))
         except Rejected as rejected:
