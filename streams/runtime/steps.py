@@ -72,12 +72,16 @@ class StepRunner:
             if not admit(message.partition, message.offset):
                 continue
             batch.events.append(message)
-            source = Source(message.topic, message.partition, message.offset, len(message.value or b""))
-            items, bad_envelope = unpack(message.value, message.headers, source, self.stages, now_ms)
-            by_partition[message.partition].extend(items)
-            if bad_envelope is not None:
-                batch.letters.append(bad_envelope)
-                batch.counts.count_dead_letter(bad_envelope.reason)
+            value = message.value
+            source = Source(message.topic, message.partition, message.offset, len(value or b""))
+            if not message.headers:  # one action, as any Kafka client sends it: nothing to unpack
+                by_partition[message.partition].append((value, source))
+            else:
+                items, bad_envelope = unpack(value, message.headers, source, self.stages, now_ms)
+                by_partition[message.partition].extend(items)
+                if bad_envelope is not None:
+                    batch.letters.append(bad_envelope)
+                    batch.counts.count_dead_letter(bad_envelope.reason)
             low, _ = offsets.get(message.partition, (message.offset, message.offset))
             offsets[message.partition] = (low, message.offset)
 
