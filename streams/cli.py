@@ -6,6 +6,7 @@ stays a table of contents.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -106,6 +107,20 @@ NOISY_CLIENTS = ("aiokafka", "urllib3", "clickhouse_connect")
 def _clients_quiet(record: logging.LogRecord) -> bool:
     """Drop the Kafka and HTTP clients' own retry and connection messages (below CRITICAL)."""
     return record.levelno >= logging.CRITICAL or not record.name.startswith(NOISY_CLIENTS)
+
+
+@contextlib.contextmanager
+def clients_quiet():
+    """`_clients_quiet` on the root handlers while the block runs: a worker starting against a broker
+    it cannot reach says so in one line of its own, then keeps the clients' messages in its log."""
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_clients_quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_clients_quiet)
 
 
 def command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:

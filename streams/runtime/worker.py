@@ -32,7 +32,9 @@ def run_worker(settings, loglevel: str = "WARNING") -> None:
                  "must share one key: set TALLY_HMAC_KEY", pseudonym_key.key_path(settings.data_dir))
     counts, compacted = pipeline_topics(settings)
     own, changelogs = internal_topics(settings)
-    asyncio.run(create_topics(settings.bootstrap, {**counts, **own}, compacted | changelogs, settings.replication))
+    from streams.cli import clients_quiet
+    with clients_quiet():  # the broker's first answer: if it cannot be reached, one line says so
+        asyncio.run(create_topics(settings.bootstrap, {**counts, **own}, compacted | changelogs, settings.replication))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
     pipeline = create_app(settings)
     # Batches make many short-lived objects; the default GC thresholds rescan the long-lived state
