@@ -141,6 +141,11 @@ def _cli_bench(args: argparse.Namespace) -> int:
             print("starting a Kafka broker for the run ...")
             broker = Broker(home=work_dir / "kafka", port=free_port(), controller_port=free_port()).start()
             bootstrap = broker.bootstrap
+        else:  # a broker that does not answer fails the run now, not after minutes of generating input
+            from streams.cli import clients_quiet
+            from streams.ops.broker import create_topics
+            with clients_quiet():
+                asyncio.run(create_topics(bootstrap, {}))
         stamp_fields = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         "machine": procstat.machine()}
         if args.collector:

@@ -42,6 +42,7 @@ CASES = [
     (["generate", "--days", "1", "--users", "2", "--events-per-day", "5", "--bootstrap", DOWN], "cannot reach Kafka"),
     (["worker", "--session-timeout", "2", "--data-dir", "EMPTY"], "--session-timeout 2 is under the 6 s"),
     (["worker", "--bootstrap", DOWN, "--data-dir", "EMPTY"], "cannot reach Kafka at 127.0.0.1:1: start it"),
+    (["bench", "--scale", "--bootstrap", DOWN], "cannot reach Kafka at 127.0.0.1:1: start it"),  # before generating
     # ClickHouse unreachable
     (["migrate", "--clickhouse", NO_SERVER], "cannot reach ClickHouse at http://127.0.0.1:1/db"),
     (["query", "SELECT 1", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),
