@@ -167,8 +167,9 @@ def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], stat
     """Run one partition's batch through every stage. Each message is raw bytes, or an action already
     unpacked from an envelope. `profiles` maps (scrubbed) user -> profile dict.
 
-    Admission (validate, route, dedup) goes event by event, against the partition's watermark as
-    each event moves it; the rows are then built, scrubbed and joined a column at a time."""
+    Admission (validate, route, dedup) judges each event against the partition's watermark as each
+    event moves it (a clean batch in a few passes over its columns, any other event by event); the
+    rows are then built, scrubbed and joined a column at a time."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     result = BatchResult()
     admitted = admit(messages, state, stages, result, now_ms)
