@@ -154,6 +154,8 @@ def expected_failure(exc: BaseException, args: argparse.Namespace) -> str | None
         return store_failure
     if isinstance(exc, KeyMismatch):
         return str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file where a directory must be (--data-dir)
+        return f"{exc.filename or exc}: a file is there, where a directory is needed; give a directory"
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{exc.filename or exc}: {exc.strerror}"
     return None

@@ -48,6 +48,9 @@ CASES = [
     (["query", "SELECT 1", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),
     (["report", "dau", "--clickhouse", NO_SERVER], "cannot open ClickHouse"),
     (["ui", "--clickhouse", NO_SERVER], "cannot open ClickHouse at http://127.0.0.1:1/db"),
+    # a data dir that is a file
+    (["worker", "--data-dir", "GOOD", "--bootstrap", DOWN], "a file is there, where a directory is needed"),
+    (["demo", "--data-dir", "GOOD"], "a file is there, where a directory is needed"),
     # a data dir that does not exist
     (["query", "SELECT 1", "--data-dir", "MISSING"], "no Tally data in"),
     (["report", "dau", "--data-dir", "MISSING"], "no Tally data in"),
