@@ -94,3 +94,13 @@ def test_output_closed_early_is_not_an_error(places):
                           shell=True, executable="/bin/bash", capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.splitlines() == ["number", "------"]
+
+
+def test_the_demo_never_removes_a_data_dir_that_is_not_a_demos(places):
+    """The demo starts by removing its data dir: pointed at a worker's store by mistake, it refuses."""
+    done = run("demo", "--data-dir", places["STORE"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {places['STORE']} holds data that is not a demo's, and the demo starts by removing its data dir: "
+        f"give the demo a --data-dir of its own"]
+    assert run("query", "SELECT count() FROM user_actions", "--data-dir", places["STORE"]).returncode == 0

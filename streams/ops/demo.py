@@ -81,16 +81,31 @@ def stop(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
         process.wait()
 
 
+DEFAULT_DATA_DIR = Path(".tally/demo")
+DEMO_MARK = "tally-demo"  # in every demo's data dir: the only kind a new demo removes
+
+
+def is_demo_data(data_dir: Path) -> bool:
+    """Whether a directory is a previous demo's (or empty): the default one, or one the demo marked."""
+    return (data_dir.resolve() == DEFAULT_DATA_DIR.resolve() or (data_dir / DEMO_MARK).exists()
+            or not any(data_dir.iterdir()))
+
+
 def run_demo(args) -> int:
     from streams.ops.broker import broker_for, cluster_for
     from streams.config import from_env
 
-    data_dir = Path(args.data_dir or ".tally/demo")
-    if data_dir.exists() and not args.keep:
+    data_dir = Path(args.data_dir or DEFAULT_DATA_DIR)
+    if data_dir.is_dir() and not args.keep:
+        if not is_demo_data(data_dir):
+            print(f"error: {data_dir} holds data that is not a demo's, and the demo starts by removing its "
+                  f"data dir: give the demo a --data-dir of its own", file=sys.stderr)
+            return 2
         print(f"removing the previous demo's data in {data_dir} (its broker, store and key; --keep keeps them) ...",
               flush=True)
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / DEMO_MARK).touch()
     settings = from_env(data_dir=data_dir, bootstrap=args.bootstrap)
     broker = None
     worker = generator = None
