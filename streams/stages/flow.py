@@ -214,21 +214,21 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     sizes = [len(raw) if raw is not action else
              source.size if 0 < source.size <= limits.max_field_bytes else action.ByteSize()
              for action, raw, source in decoded]
-    fields = validate.read_fields([action for action, _, _ in decoded])
+    actions = [action for action, _, _ in decoded]
+    fields = validate.read_fields(actions)
     suspects = validate.suspects(fields, sizes, limits, now_ms)
     if at_once and not suspects:
-        clean = admit_clean(decoded, fields, state, stages, counts)
+        clean = admit_clean(actions, [source for _, _, source in decoded], fields, state, stages, counts)
         if clean is not None:
             return clean
     return admit_each(decoded, fields, sizes, suspects, state, stages, result, now_ms)
 
 
-def admit_clean(decoded: list[tuple[UserAction, bytes | UserAction | None, Source]], fields: dict[str, list],
-                state: PartitionState, stages: Stages, counts: BatchCounts) -> Admitted | None:
+def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[str, list], state: PartitionState,
+                stages: Stages, counts: BatchCounts) -> Admitted | None:
     """The common batch, judged at once: every event valid and new, of users of the partition it came
     in, its arguments readable JSON, with no verdict carried. The same outcome as `admit_each`, in a
     few passes over columns; None when the batch is not such a one (then `admit_each` judges it)."""
-    sources = [source for _, _, source in decoded]
     partitions = set(map(_partition_of, sources))
     if len(partitions) != 1 or set(map(_verdict_of, sources)) != {""}:
         return None
@@ -258,7 +258,7 @@ def admit_clean(decoded: list[tuple[UserAction, bytes | UserAction | None, Sourc
     state.watermark_ms = watermarks[-1]
     recent.remember_all(event_ids)
     counts.delivered += len(event_ids)
-    return Admitted([action for action, _, _ in decoded], sources, fields, kwargs, pos_args)
+    return Admitted(actions, sources, fields, kwargs, pos_args)
 
 
 _partition_of = operator.attrgetter("partition")
