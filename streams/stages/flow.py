@@ -242,10 +242,8 @@ def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[s
         return None
     parse_json = validate.parse_json
     try:
-        kwargs = [parse_json(text, "keyword_args_json", dict) if text and text != "{}" else {}
-                  for text in fields["keyword_args_json"]]
-        pos_args = [parse_json(text, "pos_args_json", list) if text and text != "[]" else []
-                    for text in fields["pos_args_json"]]
+        kwargs = [parse_json(text, "keyword_args_json", dict) for text in fields["keyword_args_json"]]
+        pos_args = [parse_json(text, "pos_args_json", list) for text in fields["pos_args_json"]]
     except Rejected:
         return None
     # each event against the partition's newest event before it, as `admit_each` moves the watermark
