@@ -34,6 +34,7 @@ def user_bucket(user: str) -> int:
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _by_day = operator.itemgetter(-1)
 _WINDOW_WIDTHS = tuple(WINDOWS.items())
+_LONGEST = max(WINDOWS.values())
 
 
 def day_ordinal(epoch_ms: int) -> int:
@@ -72,38 +73,68 @@ class PartitionActivity:
         self.buckets: dict[int, set[tuple[str, str]]] = {}  # bucket -> its (app, user) keys
         self.changed_buckets: set[int] = set()
         self.historical: set[tuple[str, int]] = set()  # (app, day) of days added behind the live horizon
+        self._noted: dict[tuple[str, int, int, int], int] = {}  # (app, day, previous, next) -> users, for `_apply_counts`
         # days a user's activity must be kept: the longest window plus the allowed lateness
         self.retention_days = max(WINDOWS.values()) + lateness_days
 
     def _count(self, days: list[int], index: int, app: str) -> None:
-        """Count days[index] in every open window it newly makes the user active in.
-
-        With p and n the user's previous and next active days, a window [E-W+1, E] gains the user
-        exactly when it holds the new day but neither p nor n: E in [max(d, p+W), min(d+W-1, n-1)].
-        Windows that ended before the live horizon are closed: a day that falls into one (a
-        historical event) is left to the store to count, through `take_corrections`."""
+        """Note days[index] for `_apply_counts`, with the user's previous and next active days as far
+        as they matter: a batch's new days share a few such keys (no window is longer than 28 days)."""
         day = days[index]
         previous = days[index - 1] if index > 0 else -10**9
         following = days[index + 1] if index + 1 < len(days) else 10**9
+        key = (app, day, max(previous, day - _LONGEST), min(following, day + _LONGEST))
+        self._noted[key] = self._noted.get(key, 0) + 1
+
+    def _apply_counts(self) -> None:
+        """Count each noted day in every open window it newly makes its user active in.
+
+        With p and n the user's previous and next active days, a window [E-W+1, E] gains the user
+        exactly when it holds the new day d but neither p nor n: E in [max(d, p+W), min(d+W-1, n-1)].
+        Windows that ended before the live horizon are closed: a day that falls into one (a
+        historical event) is left to the store to count, through `take_corrections`. Each metric's
+        ranges become changes at their ends, swept once over the days they span."""
+        if not self._noted:
+            return
         horizon = self.watermark_day - self.lateness_days
         counts, dirty = self.counts, self.dirty
         get = counts.get
-        if day < horizon:
-            self.historical.add((app, day))
-        for metric, width in _WINDOW_WIDTHS:
-            for end in range(max(day, previous + width, horizon), min(day + width - 1, following - 1) + 1):
-                key = (metric, app, end)
-                counts[key] = get(key, 0) + 1
+        changes: dict[tuple[str, str], dict[int, int]] = {}  # (metric, app) -> day -> change from that day on
+        for (app, day, previous, following), users in self._noted.items():
+            if day < horizon:
+                self.historical.add((app, day))
+            for metric, width in _WINDOW_WIDTHS:
+                first, last = max(day, previous + width, horizon), min(day + width - 1, following - 1)
+                if first <= last:
+                    series = changes.setdefault((metric, app), {})
+                    series[first] = series.get(first, 0) + users
+                    series[last + 1] = series.get(last + 1, 0) - users
+            monday = day - (day - 1) % 7  # day ordinal 1 (0001-01-01) was a Monday
+            if previous < monday and following > monday + 6 and monday + 6 >= horizon:
+                key = (CALENDAR_WAU, app, monday)
+                counts[key] = get(key, 0) + users
                 dirty.add(key)
-        monday = day - (day - 1) % 7  # day ordinal 1 (0001-01-01) was a Monday
-        if previous < monday and following > monday + 6 and monday + 6 >= horizon:
-            key = (CALENDAR_WAU, app, monday)
-            counts[key] = get(key, 0) + 1
-            dirty.add(key)
+        self._noted.clear()
+        for (metric, app), series in changes.items():
+            ends = sorted(series.items())
+            covering = 0
+            for (day, change), (next_day, _) in zip(ends, ends[1:]):
+                covering += change
+                if covering:
+                    for end in range(day, next_day):
+                        key = (metric, app, end)
+                        counts[key] = get(key, 0) + covering
+                        dirty.add(key)
 
     def add(self, app: str, user: str, day: int) -> list[int] | None:
         """Record that `user` was active in `app` on `day`. Returns the user's new day list, or None
         when nothing changed (the common case: already active that day)."""
+        days = self._add(app, user, day)
+        self._apply_counts()
+        return days
+
+    def _add(self, app: str, user: str, day: int) -> list[int] | None:
+        """`add`, with the window counts left noted for `_apply_counts`."""
         days = self.user_days.get((app, user))
         if days is not None and days[-1] == day:  # the commonest case of all: another event today
             return None
@@ -134,10 +165,12 @@ class PartitionActivity:
         """`add` for each (app, user, day) of a batch, and for every app together (`ALL_APPS`): each
         distinct one once, oldest day first (a batch repeats the same few users and days)."""
         distinct = sorted(set(zip(apps, users, days)), key=_by_day)
+        add = self._add
         for app, user, day in distinct:
-            self.add(app, user, day)
+            add(app, user, day)
         for user, day in sorted({(user, day) for _, user, day in distinct}, key=_by_day):
-            self.add(ALL_APPS, user, day)
+            add(ALL_APPS, user, day)
+        self._apply_counts()
 
     def restore(self, user_days: Iterable[tuple[str, str, Iterable[int]]], watermark_day: int) -> None:
         """Rebuild from persisted (app, user, days) after a restart or a rebalance.
@@ -149,7 +182,8 @@ class PartitionActivity:
         partition ever sent, so re-sending an unchanged one is harmless)."""
         for app, user, days in user_days:
             for day in sorted(set(days)):
-                self.add(app, user, day)
+                self._add(app, user, day)
+        self._apply_counts()
         self.advance(watermark_day)
         self.changed_buckets.clear()  # as persisted
         oldest_exact = watermark_day - self.retention_days
