@@ -312,7 +312,8 @@ _ADMISSION_BATCHES = st.lists(
     st.tuples(st.integers(0, 150),                               # event id: repeats are duplicates
               st.sampled_from(users_in(0, 12) + users_in(1, 1)),  # a user of another partition is re-routed
               st.integers(-5 * DAY_MS, 0),                        # how far behind "now": late and historical
-              st.sampled_from(["", "{}", '{"index": "3"}', '{"a": [1]}', '[]', '{"oops'])),  # some not an object
+              st.sampled_from(["", "{}", '{"index": "3"}', '{"a": [1]}', '[]', '{"oops',  # some not an object
+                               '{"id": 12345678901234567890123}', '{"t": "\\ud83d\\ude00"}', '{"t": "a\\ud800"}'])),
     min_size=1, max_size=30)
 
 

@@ -6,7 +6,7 @@ import pytest
 from streams.stages import outcome
 from streams.contract import UserAction
 from streams.stages.outcome import Rejected
-from streams.stages.validate import DAY_MS, Limits, check, decode, human_duration, parse_json_field
+from streams.stages.validate import DAY_MS, Limits, check, decode, human_duration, parse_json_column, parse_json_field
 
 NOW = 1_764_000_000_000
 LIMITS = Limits()
@@ -75,6 +75,8 @@ CASES = [
 def test_arguments_parse_as_json_reads_them(text, parsed):
     """Arguments are read exactly as Python's json module reads them, whichever parser did the work."""
     assert parse_json_field(good(keyword_args_json=text), "keyword_args_json", dict) == parsed
+    # a batch's column of them, parsed once per distinct text, beside texts that need no care
+    assert parse_json_column(['{"a": 1}', text, "", text], "keyword_args_json", dict) == [{"a": 1}, parsed, {}, parsed]
 
 
 def test_arguments_json_takes_nan_and_infinity_as_python_does():

@@ -240,10 +240,9 @@ def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[s
     if len(set(event_ids)) != len(event_ids) or not (recent.current.isdisjoint(event_ids)
                                                      and recent.previous.isdisjoint(event_ids)):
         return None
-    parse_json = validate.parse_json
     try:
-        kwargs = [parse_json(text, "keyword_args_json", dict) for text in fields["keyword_args_json"]]
-        pos_args = [parse_json(text, "pos_args_json", list) for text in fields["pos_args_json"]]
+        kwargs = validate.parse_json_column(fields["keyword_args_json"], "keyword_args_json", dict)
+        pos_args = validate.parse_json_column(fields["pos_args_json"], "pos_args_json", list)
     except Rejected:
         return None
     # each event against the partition's newest event before it, as `admit_each` moves the watermark
