@@ -129,6 +129,12 @@ def _cli_bench(args: argparse.Namespace) -> int:
 
     from . import procstat, report
     from streams.ops.broker import free_port
+    if args.profile:
+        from .profile import py_spy_executable
+        if py_spy_executable() is None:  # before minutes of broker, input and ceiling run
+            print("error: tally bench --profile records with py-spy, which is not installed here: "
+                  f"{Path(sys.executable).with_name('pip')} install py-spy", file=sys.stderr)
+            return 2
     plan = plan_from_args(args)
     # a terminated run still stops its workers and broker (the finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

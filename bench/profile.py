@@ -58,6 +58,12 @@ def hot_functions(collapsed_lines, top: int = 20, own_code: str = "streams/") ->
             "self": shares(self_counts), "own_total": shares(own_totals)}
 
 
+def py_spy_executable() -> str | None:
+    """py-spy on the PATH or beside this interpreter (a venv's bin), or None when not installed."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 class PySpy:
     """`py-spy record` attached to a running process until `finish()`."""
 
@@ -70,7 +76,7 @@ class PySpy:
         return self.out_base.with_suffix(".collapsed.txt")
 
     def start(self) -> "PySpy":
-        executable = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        executable = py_spy_executable()
         self.out_base.parent.mkdir(parents=True, exist_ok=True)
         # --threads: the sink inserts from an executor thread; idle samples are left out
         self.process = subprocess.Popen(

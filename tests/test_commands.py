@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +88,15 @@ def test_an_expected_failure_is_one_line_and_exit_2(places, args, says):
     if not last.startswith("tally "):  # argparse's own errors come after the sub-command's usage
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert last.startswith("error: ") or last.startswith("cannot read")
+
+
+@pytest.mark.skipif(bool(shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()),
+                    reason="py-spy is installed: the run would start")
+def test_a_profiled_bench_without_py_spy_says_how_to_install_it_before_it_starts(tmp_path):
+    done = run("bench", "--profile", str(tmp_path / "profile"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "install py-spy" in done.stderr
+    assert "starting a Kafka broker" not in done.stdout
 
 
 def test_output_closed_early_is_not_an_error(places):
