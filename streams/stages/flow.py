@@ -200,28 +200,36 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     batch is judged at once (`admit_clean`), unless `at_once` is False; any other event by event."""
     counts = result.counts
     limits, scrubber = stages.limits, stages.scrubber
-    decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
-    for raw, source in messages:
-        if type(raw) is UserAction:  # out of an envelope: parsed already
-            decoded.append((raw, raw, source))
-            continue
-        try:
-            decoded.append((validate.decode(raw, limits), raw, source))
-        except Rejected as rejected:
-            result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms, stages.partitions))
-            counts.count_dead_letter(rejected.reason)
-    # serialized sizes, or the size of the envelope an action came in when that is small enough
-    sizes = [len(raw) if raw is not action else
-             source.size if 0 < source.size <= limits.max_field_bytes else action.ByteSize()
-             for action, raw, source in decoded]
-    actions = [action for action, _, _ in decoded]
+    raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
+    if set(map(type, raws)) == {UserAction}:  # all out of envelopes: parsed already
+        actions = raws
+        # the size of the envelope an action came in when that is small enough, else its own
+        sizes = list(map(_size_of, sources))
+        if not (0 < min(sizes) and max(sizes) <= limits.max_field_bytes):
+            sizes = [size if 0 < size <= limits.max_field_bytes else action.ByteSize()
+                     for action, size in zip(actions, sizes)]
+    else:
+        decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
+        for raw, source in messages:
+            if type(raw) is UserAction:
+                decoded.append((raw, raw, source))
+                continue
+            try:
+                decoded.append((validate.decode(raw, limits), raw, source))
+            except Rejected as rejected:
+                result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms, stages.partitions))
+                counts.count_dead_letter(rejected.reason)
+        actions, raws, sources = (list(column) for column in zip(*decoded)) if decoded else ([], [], [])
+        sizes = [len(raw) if raw is not action else
+                 source.size if 0 < source.size <= limits.max_field_bytes else action.ByteSize()
+                 for action, raw, source in decoded]
     fields = validate.read_fields(actions)
     suspects = validate.suspects(fields, sizes, limits, now_ms)
     if at_once and not suspects:
-        clean = admit_clean(actions, [source for _, _, source in decoded], fields, state, stages, counts)
+        clean = admit_clean(actions, sources, fields, state, stages, counts)
         if clean is not None:
             return clean
-    return admit_each(decoded, fields, sizes, suspects, state, stages, result, now_ms)
+    return admit_each(list(zip(actions, raws, sources)), fields, sizes, suspects, state, stages, result, now_ms)
 
 
 def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[str, list], state: PartitionState,
@@ -260,6 +268,8 @@ def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[s
 
 _partition_of = operator.attrgetter("partition")
 _verdict_of = operator.attrgetter("verdict")
+_size_of = operator.attrgetter("size")
+_raw_of, _source_of = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def admit_each(decoded: list[tuple[UserAction, bytes | UserAction | None, Source]], fields: dict[str, list],

@@ -20,6 +20,7 @@ from streams.stages.scrub.rules import _Prefilter, _Rules
 from streams.stages.scrub.values import ValueScrubber, _DROPPED, _Hit, _add, _picker
 
 log = logging.getLogger(__name__)
+_first = operator.itemgetter(0)
 
 
 class Scrubber(ValueScrubber):
@@ -54,11 +55,17 @@ class Scrubber(ValueScrubber):
             for index in flagged:
                 self._scrub_record_at(columns, index, rules)
             flagged_rows |= flagged
+        # each distinct user judged once; a flagged row's user went through the detailed pass
         known = self._stored_users.get
-        for index, (stored_user, reason) in enumerate([known(user) or self._stored_user(user) for user in users]):
-            if reason and index not in flagged_rows:  # a flagged row's user went through the detailed pass
-                users[index] = stored_user
-                _add(audits[index], f"user:hmac:{reason}")
+        stored = {user: known(user) or self._stored_user(user) for user in set(users)}
+        entries = {user: f"user:hmac:{reason}" for user, (_, reason) in stored.items() if reason}
+        if entries:
+            row_entries = list(map(entries.get, users))
+            for index in flagged_rows:
+                row_entries[index] = None
+            users[:] = list(map(_first, map(stored.__getitem__, users)))
+            # an unflagged row's audit is empty so far: each entry appended, in C (append gives None)
+            any(map(list.append, itertools.compress(audits, row_entries), filter(None, row_entries)))
         emails = columns.get("user_email")
         if emails and any(emails):
             for index, email in enumerate(emails):
@@ -167,14 +174,11 @@ class Scrubber(ValueScrubber):
         """The rows that any of their texts (or property values, or keys) send to the detailed pass."""
         flagged: set[int] = set()
         prefilter = rules.prefilter
-        property_texts = []
-        for index, found in enumerate(properties):
-            if found:
-                if self._keys_flagged(found, rules):
-                    flagged.add(index)
-                property_texts.append("\n".join(found.values()))
-            else:
-                property_texts.append("")
+        key_sets = list(map(tuple, properties))  # a batch has a few key sets: each judged once
+        flagged_sets = {key_set for key_set in set(key_sets) if key_set and self._keys_flagged(key_set, rules)}
+        if flagged_sets:
+            flagged.update(index for index, key_set in enumerate(key_sets) if key_set in flagged_sets)
+        property_texts = list(map("\n".join, map(dict.values, properties)))
         for texts in (*text_columns, property_texts):
             if not any(texts):
                 continue
@@ -187,13 +191,13 @@ class Scrubber(ValueScrubber):
                 flagged.update(self._texts_hit(texts, lowered, prepared, hit_at, prefilter))
         return flagged
 
-    def _keys_flagged(self, properties: dict[str, str], rules: _Rules) -> bool:
-        """Whether a key rule applies to any key of a properties map. Keys come from a small
+    def _keys_flagged(self, keys, rules: _Rules) -> bool:
+        """Whether a key rule applies to any of some keys (of a properties map). Keys come from a small
         vocabulary: each key set is decided once (only clean sets are kept: no secret-as-key in memory)."""
-        key_set = tuple(properties)
+        key_set = tuple(keys)
         if key_set in rules.clean_key_sets:
             return False
-        if any(self._key_decision(key, rules) is not None for key in properties):
+        if any(self._key_decision(key, rules) is not None for key in key_set):
             return True
         if len(rules.clean_key_sets) > 10_000:
             rules.clean_key_sets.clear()
