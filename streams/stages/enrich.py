@@ -353,11 +353,12 @@ def _profile_values(profile: dict) -> tuple:
 def join_profiles(columns: Columns, profiles) -> Columns:
     """Copy each user's profile (already scrubbed) onto their rows, the Amplitude seed's user
     properties; `profiles` maps (stored) user -> profile dict."""
-    targets = [columns[name] for name in _PROFILE_COLUMNS]
-    for index, profile in enumerate(map(profiles.get, columns["user"])):
-        if profile:
-            for column, value in zip(targets, _profile_values(profile)):
-                column[index] = value
+    users = columns["user"]
+    found = {user: _profile_values(profile) for user in set(users) if (profile := profiles.get(user))}
+    if found:  # each user's values looked up once; a row without a profile keeps the empty ones
+        none = tuple(columns[name][0] for name in _PROFILE_COLUMNS)
+        for name, values in zip(_PROFILE_COLUMNS, zip(*map(found.get, users, itertools.repeat(none)))):
+            columns[name] = list(values)
     return columns
 
 
