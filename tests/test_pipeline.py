@@ -1,5 +1,6 @@
 """One partition's batch through every stage, in memory: what the worker does between Kafka and
 ClickHouse, without either."""
+import itertools
 import json
 
 import pytest
@@ -170,6 +171,19 @@ def test_recent_ids_remember_a_bounded_window():
     recent.forget("e249")
     recent.forget("e160")  # in either generation
     assert "e249" not in recent and "e160" not in recent and "e161" in recent
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.lists(st.integers(0, 120), max_size=6))
+def test_recent_ids_remembered_at_once_are_remembered_one_by_one(generation, batch_sizes):
+    at_once, one_by_one = RecentIds(generation_size=generation), RecentIds(generation_size=generation)
+    ids = (f"e{n}" for n in itertools.count())
+    for size in batch_sizes:
+        batch = list(itertools.islice(ids, size))
+        at_once.remember_all(batch)
+        for event_id in batch:
+            one_by_one.remember(event_id)
+        assert (at_once.current, at_once.previous) == (one_by_one.current, one_by_one.previous)
 
 
 def test_a_row_refused_by_the_store_is_a_dead_letter_whose_replay_gives_the_row_again():

@@ -45,12 +45,15 @@ class RecentIds:
             self.previous, self.current = self.current, set()
 
     def remember_all(self, event_ids: list[str]) -> None:
-        """`remember` for each of some distinct ids, none of them remembered yet."""
-        if len(self.current) + len(event_ids) < self.generation_size:
-            self.current.update(event_ids)
-        else:
-            for event_id in event_ids:
-                self.remember(event_id)
+        """`remember` for each of some distinct ids, none of them remembered yet: a generation's
+        room at a time."""
+        taken = 0
+        while taken < len(event_ids):
+            room = self.generation_size - len(self.current)
+            self.current.update(event_ids[taken:taken + room])
+            taken += room
+            if len(self.current) >= self.generation_size:
+                self.previous, self.current = self.current, set()
 
     def forget(self, event_id: str) -> None:
         """An event taken but not stored after all (ClickHouse refused its row): its replay is new."""
