@@ -135,6 +135,17 @@ class Stages:
         return found
 
 
+    def partitions_of(self, users: set[str]) -> set[int | None]:
+        """The partitions (`route`) some users belong to; read off the cache in C when all are in it."""
+        routes = self._routes
+        if users <= routes.keys():
+            return set(map(_partition_of_route, map(routes.__getitem__, users)))
+        return {self.route(user)[1] for user in users}
+
+
+_partition_of_route = operator.itemgetter(1)
+
+
 def dead_letter(rejected: Rejected, raw: bytes | UserAction | None, source: Source, action: UserAction | None,
                 scrubber, now_ms: int, partitions: int = 0) -> DeadLetter:
     """A dead letter that carries the scrubbed message, or only its size and hash when unparseable."""
@@ -244,8 +255,7 @@ def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[s
     if len(partitions) != 1 or set(map(_verdict_of, sources)) != {""}:
         return None
     partition = partitions.pop()
-    route = stages.route
-    if any(route(user)[1] not in (None, partition) for user in set(fields["user"])):
+    if not stages.partitions_of(set(fields["user"])) <= {None, partition}:
         return None
     event_ids, recent = fields["event_id"], state.recent_ids
     if len(set(event_ids)) != len(event_ids) or not (recent.current.isdisjoint(event_ids)
