@@ -161,6 +161,18 @@ def test_events_read_again_after_the_stream_moved_on_are_duplicates_and_new_old_
     assert again.dead_letters == [] and [r["event_id"] for r in again.rows] == ["e10"]
 
 
+@pytest.mark.parametrize("order", ["in time order", "out of order"])
+def test_each_app_reports_its_newest_event_of_a_batch(order):
+    """The alerts' clock moves with each app's newest event time, however the batch is ordered."""
+    ann, bob = users_in(0, 2)
+    events = [("amundsen", ann, NOW - 9000), ("bi", bob, NOW - 8000), ("amundsen", bob, NOW - 7000),
+              ("bi", ann, NOW - 6000), ("amundsen", ann, NOW - 5000)]
+    if order == "out of order":
+        events = events[::-1]
+    result, _ = run([action(f"e{n}", user, start, app=app) for n, (app, user, start) in enumerate(events)])
+    assert result.newest_event_ms == {"amundsen": NOW - 5000, "bi": NOW - 6000}
+
+
 def test_recent_ids_remember_a_bounded_window():
     recent = RecentIds(generation_size=100)
     for i in range(250):

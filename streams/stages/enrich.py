@@ -246,11 +246,21 @@ def extract_columns(mapping: PropertyMapping, fields: dict[str, list], actions: 
                         values[at] = _extract(plan, actions[row], kwargs[row], pos_args[row],
                                               properties[row]).get(column)
             if column == "result_index":
-                values = list(map(_as_result_index, values))
+                values = _as_result_indexes(values)
             elif set(map(type, values)) != _ONLY_TEXT:
                 values = ["" if value is None else value if type(value) is str else str(value) for value in values]
             any(map(columns[column].__setitem__, rows, values))  # scattered back in C (each call is None)
     return columns
+
+
+def _as_result_indexes(values: list) -> list[int | None]:
+    """`_as_result_index` of each value, each distinct one once (an argument can be a list or a dict:
+    then one by one)."""
+    try:
+        distinct = {value: _as_result_index(value) for value in set(values)}
+    except TypeError:  # unhashable
+        return list(map(_as_result_index, values))
+    return list(map(distinct.__getitem__, values))
 
 
 def _as_result_index(value) -> int | None:

@@ -95,7 +95,7 @@ def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_m
     if not is_envelope(headers):
         return [(value, source)], None
     try:
-        return [(action, source) for action in validate.unpack_envelope(value, stages.limits)], None
+        return list(zip(validate.unpack_envelope(value, stages.limits), itertools.repeat(source))), None
     except Rejected as rejected:
         return [], dead_letter(rejected, value, source, None, stages.scrubber, now_ms)
 
@@ -350,9 +350,12 @@ def count_activity(columns: enrich.Columns, state: PartitionState, limits: Limit
     when the watermark has reached a new day, forget what can no longer change."""
     apps, starts = columns["app"], columns["ts"]
     newest = result.newest_event_ms
-    for app, start in zip(apps, starts):
-        if start > newest.get(app, 0):
-            newest[app] = start
+    if not newest and all(map(operator.le, starts, itertools.islice(starts, 1, None))):  # in time order: each app's last is its newest
+        newest.update(zip(apps, starts))
+    else:
+        for app, start in zip(apps, starts):
+            if start > newest.get(app, 0):
+                newest[app] = start
     activity = state.activity
     activity.add_batch(apps, columns["user"], list(map(dt.date.toordinal, columns["ds"])))  # ds: the UTC day of ts
     result.metric_counts = activity.take_dirty()  # before advance() forgets final days
