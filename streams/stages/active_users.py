@@ -73,11 +73,11 @@ class PartitionActivity:
         self.buckets: dict[int, set[tuple[str, str]]] = {}  # bucket -> its (app, user) keys
         self.changed_buckets: set[int] = set()
         self.historical: set[tuple[str, int]] = set()  # (app, day) of days added behind the live horizon
-        self._noted: dict[tuple[str, int, int, int], int] = {}  # (app, day, previous, next) -> users, for `_apply_counts`
+        self._noted: dict[tuple[str, int, int, int], int] = {}  # (app, day, previous, next) -> users (`_note`)
         # days a user's activity must be kept: the longest window plus the allowed lateness
         self.retention_days = max(WINDOWS.values()) + lateness_days
 
-    def _count(self, days: list[int], index: int, app: str) -> None:
+    def _note(self, days: list[int], index: int, app: str) -> None:
         """Note days[index] for `_apply_counts`, with the user's previous and next active days as far
         as they matter: a batch's new days share a few such keys (no window is longer than 28 days)."""
         day = days[index]
@@ -155,7 +155,7 @@ class PartitionActivity:
                 return None
             days.insert(index, day)
         self.changed_buckets.add(bucket)
-        self._count(days, index, app)
+        self._note(days, index, app)
         oldest_kept = max(day, self.watermark_day) - self.retention_days
         if days[0] < oldest_kept:
             del days[:bisect.bisect_left(days, oldest_kept)]

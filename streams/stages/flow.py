@@ -134,7 +134,6 @@ class Stages:
             self._routes[user] = found
         return found
 
-
     def partitions_of(self, users: set[str]) -> set[int | None]:
         """The partitions (`route`) some users belong to; read off the cache in C when all are in it."""
         routes = self._routes
@@ -231,7 +230,8 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
             try:
                 decoded.append((validate.decode(raw, limits), raw, source))
             except Rejected as rejected:
-                result.dead_letters.append(dead_letter(rejected, raw, source, None, scrubber, now_ms, stages.partitions))
+                letter = dead_letter(rejected, raw, source, None, scrubber, now_ms, stages.partitions)
+                result.dead_letters.append(letter)
                 counts.count_dead_letter(rejected.reason)
         actions, raws, sources = (list(column) for column in zip(*decoded)) if decoded else ([], [], [])
         sizes = [len(raw) if raw is not action else
@@ -350,8 +350,8 @@ def count_activity(columns: enrich.Columns, state: PartitionState, limits: Limit
     when the watermark has reached a new day, forget what can no longer change."""
     apps, starts = columns["app"], columns["ts"]
     newest = result.newest_event_ms
-    if not newest and all(map(operator.le, starts, itertools.islice(starts, 1, None))):  # in time order: each app's last is its newest
-        newest.update(zip(apps, starts))
+    if not newest and all(map(operator.le, starts, itertools.islice(starts, 1, None))):
+        newest.update(zip(apps, starts))  # in time order: each app's last event is its newest
     else:
         for app, start in zip(apps, starts):
             if start > newest.get(app, 0):
