@@ -67,23 +67,27 @@ class StepRunner:
         now_ms = int(time.time() * 1000)
         if not batch.events:
             batch.started = time.monotonic()  # a batch's age counts from its first event
-        admit = self.order.admit
+        admit, taken, last_offsets = self.order.admit, batch.events.append, {}
         for message in records:
-            if not admit(message.partition, message.offset):
+            partition, offset = message.partition, message.offset
+            if not admit(partition, offset):
                 continue
-            batch.events.append(message)
+            taken(message)
             value = message.value
-            source = Source(message.topic, message.partition, message.offset, len(value or b""))
+            source = Source(message.topic, partition, offset, len(value) if value else 0)
             if not message.headers:  # one action, as any Kafka client sends it: nothing to unpack
-                by_partition[message.partition].append((value, source))
+                by_partition[partition].append((value, source))
             else:
                 items, bad_envelope = unpack(value, message.headers, source, self.stages, now_ms)
-                by_partition[message.partition].extend(items)
+                by_partition[partition].extend(items)
                 if bad_envelope is not None:
                     batch.letters.append(bad_envelope)
                     batch.counts.count_dead_letter(bad_envelope.reason)
-            low, _ = offsets.get(message.partition, (message.offset, message.offset))
-            offsets[message.partition] = (low, message.offset)
+            if partition not in offsets:
+                offsets[partition] = (offset, offset)
+            last_offsets[partition] = offset
+        for partition, offset in last_offsets.items():  # (first, last) taken of each partition
+            offsets[partition] = (offsets[partition][0], offset)
 
         self.activity.stepped(by_partition)  # every partition with a message in this step
         for partition, messages in by_partition.items():

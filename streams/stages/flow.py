@@ -221,6 +221,8 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
         if not (0 < min(sizes) and max(sizes) <= limits.max_field_bytes):
             sizes = [size if 0 < size <= limits.max_field_bytes else action.ByteSize()
                      for action, size in zip(actions, sizes)]
+    elif (decoded_all := validate.decode_all(raws, limits)) is not None:  # single messages, all readable
+        actions, sizes = decoded_all, list(map(len, raws))
     else:
         decoded: list[tuple[UserAction, bytes | UserAction | None, Source]] = []
         for raw, source in messages:

@@ -55,6 +55,17 @@ def decode(raw: bytes | UserAction | None, limits: Limits) -> UserAction:
     return action
 
 
+def decode_all(raws: list, limits: Limits) -> list[UserAction] | None:
+    """`decode` of each of a batch of messages, one C call each, when every one is bytes within the
+    size limit and parses; else None (then `decode` judges them one by one)."""
+    if set(map(type, raws)) != {bytes} or max(map(len, raws)) > limits.max_message_bytes:
+        return None
+    try:
+        return list(map(UserAction.FromString, raws))
+    except DecodeError:
+        return None
+
+
 def _undecodable(exc: DecodeError, message_type: str) -> Rejected:
     # upb reports invalid UTF-8 in string fields as a DecodeError too
     text = str(exc).lower()
