@@ -195,3 +195,14 @@ def test_a_short_soak_reports_each_quarter_and_stores_what_the_sdk_delivered(boo
         assert 0 < quarter["p50_ms"] <= quarter["p95_ms"], quarter
         assert all(rss > 0 for rss in quarter["rss_mb"]), quarter
     assert "| quarter |" in run.stdout
+
+
+def test_stage_bench_times_every_stage_on_generated_envelopes(tmp_path):
+    from bench import stages
+    output = tmp_path / "stages.json"
+    assert stages.main(["--events", "3000", "--repeats", "1", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["events"] == 3000 and result["best_us_per_event"] > 0
+    split = result["split_us_per_event"]
+    assert {"admit", "read_fields", "build_columns", "extract_columns", "scrub_columns", "count_activity"} <= set(split)
+    assert split["admit"] >= split["read_fields"] > 0  # admission reads the fields
