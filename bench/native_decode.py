@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
-import json
 import operator
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from bench.stages import positive, write_result
 
 SOURCE = Path(__file__).with_name("native_decode.c")
 
@@ -86,9 +87,9 @@ def time_both(native, envelopes: list[bytes], repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.native_decode", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--envelope", type=int, default=125)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=positive, default=200_000)
+    parser.add_argument("--envelope", type=positive, default=125)
+    parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--output", help="JSON file to write (default: print only)")
     args = parser.parse_args(argv)
     from bench import load
@@ -102,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     disagreements = differences(native, envelopes)
     result = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "events": args.events,
               "envelope": args.envelope, "disagreements": disagreements[:20], **time_both(native, envelopes, args.repeats)}
-    print(json.dumps(result))
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    return 1 if disagreements else 0
+    return write_result(result, args.output) or (1 if disagreements else 0)
 
 
 if __name__ == "__main__":

@@ -98,12 +98,33 @@ def split(messages: list[bytes], profiles: dict, per: int) -> dict[str, float]:
     return {name: round(seconds / events * 1e6, 2) for name, seconds in spent.most_common()}
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def write_result(result: dict, output: str | None) -> int:
+    """Print the result (one JSON line) and write it to `output`; a file that can't be written is one
+    line on stderr, exit 2 (the result is on stdout still)."""
+    from bench.report import write_json
+    print(json.dumps(result))
+    if output:
+        try:
+            write_json(result, Path(output))
+        except OSError as exc:
+            print(f"error: cannot write {output}: {exc.strerror}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--envelope", type=int, default=125)
-    parser.add_argument("--per", type=int, default=40, help="envelopes per batch (default 40)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=positive, default=200_000)
+    parser.add_argument("--envelope", type=positive, default=125)
+    parser.add_argument("--per", type=positive, default=40, help="envelopes per batch (default 40)")
+    parser.add_argument("--repeats", type=positive, default=3)
     parser.add_argument("--output", help="JSON file to write (default: print only)")
     args = parser.parse_args(argv)
     messages, profiles = prepare(args.events, args.envelope)
@@ -121,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "us_per_event": [round(seconds / events * 1e6, 2) for seconds, events in runs],
               "split_us_per_event": stage_split}
     result["best_us_per_event"] = min(result["us_per_event"])
-    print(json.dumps(result))
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return write_result(result, args.output)
 
 
 if __name__ == "__main__":
