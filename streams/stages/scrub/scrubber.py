@@ -56,8 +56,7 @@ class Scrubber(ValueScrubber):
                 self._scrub_record_at(columns, index, rules)
             flagged_rows |= flagged
         # each distinct user judged once; a flagged row's user went through the detailed pass
-        known = self._stored_users.get
-        stored = {user: known(user) or self._stored_user(user) for user in set(users)}
+        stored = {user: self._stored_user(user) for user in set(users)}  # cached by the scrubber
         entries = {user: f"user:hmac:{reason}" for user, (_, reason) in stored.items() if reason}
         if entries:
             row_entries = list(map(entries.get, users))
