@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 # Each set-up step says what it does and how long it took; a step already done is skipped.
 STEP = @start=$$(date +%s); echo "==> $(1)"; $(2) && echo "    done in $$(( $$(date +%s) - start )) s"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py streams/contract/_wire.c
 	$(call STEP,creating the virtualenv $(VENV),$(PYTHON) -m venv $(VENV))
 	$(call STEP,upgrading pip,$(BIN)/pip install -q --upgrade pip)
-	$(call STEP,installing Tally and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
+	$(call STEP,installing Tally (its envelope decoder compiled with the C compiler) and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
 	$(call STEP,fetching the Kafka jars with Maven (once; cached in ~/.cache/tally),$(BIN)/python -m streams.ops.broker fetch-jars)
 	$(call STEP,installing Debian's chromium and chromium-driver for the dashboard's browser tests (once),$(MAKE) -s browser)
 	@touch $(STAMP)

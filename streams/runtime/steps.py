@@ -13,7 +13,7 @@ from collections import defaultdict
 from streams.runtime.batching import DurableWrite, PendingBatch, StageTimes
 from streams.runtime.kafka_internals import table_delete, table_set
 from streams.runtime.partitions import WATERMARK_KEY
-from streams.stages.flow import process_batch, unpack
+from streams.stages.flow import events_of, process_batch, unpack
 from streams.stages.outcome import Source
 
 
@@ -78,7 +78,7 @@ class StepRunner:
             if not message.headers:  # one action, as any Kafka client sends it: nothing to unpack
                 by_partition[partition].append((value, source))
             else:
-                items, bad_envelope = unpack(value, message.headers, source, self.stages, now_ms)
+                items, bad_envelope = unpack(value, message.headers, source, self.stages, now_ms, as_columns=True)
                 by_partition[partition].extend(items)
                 if bad_envelope is not None:
                     batch.letters.append(bad_envelope)
@@ -109,7 +109,7 @@ class StepRunner:
                                              "watermark_day": state.activity.watermark_day,
                                              "newest_event_ms": newest}
         times = self.times
-        times.events += sum(map(len, by_partition.values()))
+        times.events += sum(map(events_of, by_partition.values()))
         times.cpu_seconds += time.thread_time() - started_cpu
         times.seconds += time.perf_counter() - started
         return batch

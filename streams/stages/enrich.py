@@ -216,6 +216,19 @@ def _first_values(kind: str, path: tuple, rows: list[int], actions: list[UserAct
     return [None] * len(rows)  # positional arguments and nested keys: the rows' own lookup decides
 
 
+class _FieldsOfRow:
+    """A row's fields as attributes, read off the columns (an action is parsed only for a field
+    they lack)."""
+    __slots__ = ("fields", "actions", "row")
+
+    def __init__(self, fields: dict[str, list], actions: list[UserAction], row: int) -> None:
+        self.fields, self.actions, self.row = fields, actions, row
+
+    def __getattr__(self, name: str):
+        column = self.fields.get(name)
+        return column[self.row] if column is not None else getattr(self.actions[self.row], name)
+
+
 def extract_columns(mapping: PropertyMapping, fields: dict[str, list], actions: list[UserAction], kwargs: list[dict],
                     pos_args: list[list], properties: list[dict]) -> dict[str, list]:
     """The KPI columns of a batch: for each row, what `_extract` gives it ("" or None where nothing),
@@ -243,7 +256,7 @@ def extract_columns(mapping: PropertyMapping, fields: dict[str, list], actions: 
             if (len(sources) > 1 or kind == "args" or len(path) > 1) and (None in values or "" in values):
                 for at, (row, value) in enumerate(zip(rows, values)):
                     if value is None or value == "":
-                        values[at] = _extract(plan, actions[row], kwargs[row], pos_args[row],
+                        values[at] = _extract(plan, _FieldsOfRow(fields, actions, row), kwargs[row], pos_args[row],
                                               properties[row]).get(column)
             if column == "result_index":
                 values = _as_result_indexes(values)
@@ -301,8 +314,10 @@ def build_columns(fields: dict[str, list], actions: list[UserAction], sources: l
     starts = fields["start_epoch_ms"]
     ends = list(map(max, fields["end_epoch_ms"], starts))  # an end of 0 means "no duration": end = start
     days, weekends = (list(c) for c in zip(*map(_day, [start // 86_400_000 for start in starts]))) if n else ([], [])
-    # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
-    properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
+    properties = fields.get("properties")  # decoded natively as dicts already (envelope_columns)
+    if properties is None:
+        # dict() of an empty map costs too; a comprehension reads a filled one faster than dict()
+        properties = [{key: found[key] for key in found} if found else {} for found in map(_read_properties, actions)]
     extracted = extract_columns(mapping, fields, actions, kwargs, pos_args, properties)
     by_command = {command: mapping.target_type_for(command) for command in set(copied["command"])}
     return {

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from streams.stages import enrich
 from streams.stages import validate
 from streams.stages.active_users import MetricKey, PartitionActivity, day_ordinal
-from streams.contract import DeadLetter, UserAction, is_envelope, partition_for_user
+from streams.contract import DeadLetter, UserAction, envelope_columns, is_envelope, partition_for_user
+from streams.contract.envelope_columns import DecodedEnvelope, LazyActions
 from streams.stages.outcome import HISTORICAL, LATE, ON_TIME, REFUSED_BY_STORE, VERDICT_HEADER, BatchCounts, Rejected, Source
 from streams.stages.scrub import is_pseudonym
 from streams.stages.validate import Limits
@@ -85,19 +86,41 @@ class BatchResult:
         return enrich.rows_of(self.columns)
 
 
-def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_ms: int
-           ) -> tuple[list[tuple[bytes | UserAction | None, Source]], DeadLetter | None]:
-    """One Kafka message as the items `process_batch` takes: itself, or the actions of its envelope.
-    An unreadable envelope becomes one dead letter."""
+Item = tuple[bytes | UserAction | DecodedEnvelope | None, Source]  # what `process_batch` takes
+
+
+def unpack(value: bytes | None, headers, source: Source, stages: "Stages", now_ms: int, as_columns: bool = False
+           ) -> tuple[list[Item], DeadLetter | None]:
+    """One Kafka message as the items `process_batch` takes: itself, or the actions of its envelope;
+    with `as_columns`, an envelope the native decoder takes is one item, its actions as columns
+    (`envelope_columns`). An unreadable envelope becomes one dead letter."""
     verdict = carried_verdict(headers)
     if verdict:
         source = source._replace(verdict=verdict)
     if not is_envelope(headers):
         return [(value, source)], None
+    if as_columns and (decoded := envelope_columns.decode(value)) is not None:
+        return [(decoded, source)], None
     try:
         return list(zip(validate.unpack_envelope(value, stages.limits), itertools.repeat(source))), None
     except Rejected as rejected:
         return [], dead_letter(rejected, value, source, None, stages.scrubber, now_ms)
+
+
+def events_of(items: list[Item]) -> int:
+    """How many events some items hold (a decoded envelope holds several)."""
+    return sum(len(raw) if type(raw) is DecodedEnvelope else 1 for raw, _ in items)
+
+
+def _as_actions(items: list[Item]) -> list[Item]:
+    """The items with each decoded envelope's actions made into `UserAction`s, one item each."""
+    found = []
+    for raw, source in items:
+        if type(raw) is DecodedEnvelope:
+            found.extend(zip(raw.actions(), itertools.repeat(source)))
+        else:
+            found.append((raw, source))
+    return found
 
 
 def carried_verdict(headers) -> str:
@@ -214,7 +237,27 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     counts = result.counts
     limits, scrubber = stages.limits, stages.scrubber
     raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
-    if set(map(type, raws)) == {UserAction}:  # all out of envelopes: parsed already
+    types = set(map(type, raws))
+    if types == {DecodedEnvelope}:  # envelopes as columns: a row's action is parsed only if asked for
+        fields = {name: list(itertools.chain.from_iterable(envelope.fields[name] for envelope in raws))
+                  for name in envelope_columns.FIELDS}
+        fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, raws)))
+        sizes = list(itertools.chain.from_iterable(map(_sizes_of, raws)))
+        sources = list(itertools.chain.from_iterable(map(itertools.repeat, sources, map(len, raws))))
+        actions = LazyActions(raws)
+        suspects = validate.suspects(fields, sizes, limits, now_ms)
+        if at_once and not suspects:
+            clean = admit_clean(actions, sources, fields, state, stages, counts)
+            if clean is not None:
+                return clean
+        actions = list(actions)
+        return admit_each(list(zip(actions, actions, sources)), fields, sizes, suspects, state, stages, result,
+                          now_ms)
+    if DecodedEnvelope in types:  # mixed with other items: every action as a message
+        messages = _as_actions(messages)
+        raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
+        types = set(map(type, raws))
+    if types == {UserAction}:  # all out of envelopes: parsed already
         actions = raws
         # the size of the envelope an action came in when that is small enough, else its own
         sizes = list(map(_size_of, sources))
@@ -285,6 +328,7 @@ _partition_of = operator.attrgetter("partition")
 _verdict_of = operator.attrgetter("verdict")
 _size_of = operator.attrgetter("size")
 _raw_of, _source_of = operator.itemgetter(0), operator.itemgetter(1)
+_properties_of, _sizes_of = operator.attrgetter("properties"), operator.attrgetter("sizes")
 
 
 def admit_each(decoded: list[tuple[UserAction, bytes | UserAction | None, Source]], fields: dict[str, list],

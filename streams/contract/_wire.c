@@ -1,0 +1,163 @@
+// UserActionBatch bytes -> the columns of its actions, in one pass, without a message object per
+// action: `decode_envelope(data)` gives (columns, properties, starts, sizes), or None for anything
+// this decoder does not take on, which the caller then hands to upb (streams/stages/wire.py).
+//
+// It takes only the canonical encoding, what upb and the other official runtimes write: each
+// field of UserAction (tally/v1/user_action.proto) at most once with its own wire type and a
+// non-default value, minimal varints, map entries as key then value, no key twice, valid UTF-8,
+// no unknown field. So an action it takes parses the same with upb, and its size on the wire is
+// upb's ByteSize(). Everything else (an unknown field, a repeated field, a stray byte) is None.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define NFIELDS 18          // the scalar fields 1..18 of UserAction; 19 is the properties map
+#define PROPERTIES 19
+#define INT64_FIELD(f) ((f) == 2 || (f) == 3)
+#define UINT32_FIELD(f) ((f) == 12)
+
+// A minimal varint (no trailing zero byte, at most 64 bits); 0 when it is not one.
+static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+    uint64_t value = 0;
+    for (int i = 0; i < 10 && *p < end; i++) {
+        uint8_t byte = *(*p)++;
+        if (i == 9 && byte > 1) return 0;
+        value |= (uint64_t)(byte & 0x7f) << (7 * i);
+        if (!(byte & 0x80)) {
+            if (i > 0 && byte == 0) return 0;
+            *out = value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int read_length(const uint8_t **p, const uint8_t *end, uint64_t *len) {
+    return read_varint(p, end, len) && *len <= (uint64_t)(end - *p);
+}
+
+static PyObject *text(const uint8_t *p, uint64_t len) {
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)len, NULL);
+    if (!s && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+    return s;
+}
+
+// One properties entry (key = 1, then value = 2, both strings) into `dict`: 1 taken, 0 not
+// canonical, -1 an error (set).
+static int read_entry(const uint8_t *p, const uint8_t *end, PyObject *dict) {
+    uint64_t tag, len;
+    if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) return 0;
+    PyObject *key = text(p, len);
+    if (!key) return PyErr_Occurred() ? -1 : 0;
+    p += len;
+    if (!read_varint(&p, end, &tag) || tag != ((2 << 3) | 2) || !read_length(&p, end, &len) || p + len != end) {
+        Py_DECREF(key);
+        return 0;
+    }
+    PyObject *value = text(p, len);
+    if (!value) { Py_DECREF(key); return PyErr_Occurred() ? -1 : 0; }
+    int rc = PyDict_Contains(dict, key);
+    if (rc == 0) rc = PyDict_SetItem(dict, key, value) == 0 ? 1 : -1;
+    else if (rc == 1) rc = 0;  // a key twice: upb keeps the last, and its size differs from the bytes'
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
+static PyObject *empty_text, *zero;
+
+// One action appended to the columns: 1 taken, 0 not canonical (nothing appended), -1 an error.
+static int read_action(const uint8_t *p, const uint8_t *end, PyObject **columns, PyObject *properties) {
+    PyObject *values[NFIELDS + 1] = {0};
+    PyObject *props = PyDict_New();
+    int rc = 0;
+    if (!props) return -1;
+    while (p < end) {
+        uint64_t tag, value, len;
+        if (!read_varint(&p, end, &tag)) goto done;
+        unsigned field = (unsigned)(tag >> 3), wire_type = (unsigned)(tag & 7);
+        if (field < 1 || field > PROPERTIES || (field <= NFIELDS && values[field])) goto done;
+        if (INT64_FIELD(field) || UINT32_FIELD(field)) {
+            if (wire_type != 0 || !read_varint(&p, end, &value) || value == 0) goto done;
+            if (UINT32_FIELD(field)) {
+                if (value > 0xffffffffu) goto done;
+                values[field] = PyLong_FromUnsignedLongLong(value);
+            } else {
+                values[field] = PyLong_FromLongLong((long long)(int64_t)value);
+            }
+            if (!values[field]) { rc = -1; goto done; }
+            continue;
+        }
+        if (wire_type != 2 || !read_length(&p, end, &len)) goto done;
+        if (field == PROPERTIES) {
+            int taken = read_entry(p, p + len, props);
+            if (taken != 1) { rc = taken; goto done; }
+        } else {
+            if (len == 0) goto done;
+            values[field] = text(p, len);
+            if (!values[field]) { rc = PyErr_Occurred() ? -1 : 0; goto done; }
+        }
+        p += len;
+    }
+    for (int f = 1; f <= NFIELDS; f++) {
+        PyObject *value = values[f] ? values[f] : (INT64_FIELD(f) || UINT32_FIELD(f)) ? zero : empty_text;
+        if (PyList_Append(columns[f - 1], value) < 0) { rc = -1; goto done; }
+    }
+    rc = PyList_Append(properties, props) < 0 ? -1 : 1;
+done:
+    for (int f = 1; f <= NFIELDS; f++) Py_XDECREF(values[f]);
+    Py_DECREF(props);
+    return rc;
+}
+
+// The whole envelope, or None: rows taken before a part it does not take on are dropped with it.
+static PyObject *decode_envelope(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *base = view.buf, *p = base, *end = base + view.len;
+    PyObject *columns[NFIELDS] = {0}, *properties = PyList_New(0), *starts = PyList_New(0), *sizes = PyList_New(0);
+    PyObject *result = NULL;
+    int rc = properties && starts && sizes ? 1 : -1;
+    for (int f = 0; f < NFIELDS && rc == 1; f++)
+        if (!(columns[f] = PyList_New(0))) rc = -1;
+    while (rc == 1 && p < end) {
+        uint64_t tag, len;
+        if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) { rc = 0; break; }
+        rc = read_action(p, p + len, columns, properties);
+        if (rc == 1) {
+            PyObject *start = PyLong_FromSsize_t(p - base), *size = PyLong_FromUnsignedLongLong(len);
+            if (!start || !size || PyList_Append(starts, start) < 0 || PyList_Append(sizes, size) < 0) rc = -1;
+            Py_XDECREF(start);
+            Py_XDECREF(size);
+        }
+        p += len;
+    }
+    PyBuffer_Release(&view);
+    if (rc == 1) {
+        PyObject *names = PyTuple_New(NFIELDS);
+        if (names) {
+            for (int f = 0; f < NFIELDS; f++) { PyTuple_SET_ITEM(names, f, columns[f]); columns[f] = NULL; }
+            result = Py_BuildValue("(NOOO)", names, properties, starts, sizes);
+        }
+    } else if (rc == 0) {
+        result = Py_NewRef(Py_None);
+    }
+    for (int f = 0; f < NFIELDS; f++) Py_XDECREF(columns[f]);
+    Py_XDECREF(properties);
+    Py_XDECREF(starts);
+    Py_XDECREF(sizes);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_envelope", decode_envelope, METH_O,
+     "decode_envelope(data) -> (columns of fields 1..18, properties dicts, starts, sizes) or None"},
+    {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wire", "UserActionBatch envelopes as columns", -1, methods};
+
+PyMODINIT_FUNC PyInit__wire(void) {
+    empty_text = PyUnicode_New(0, 0);
+    zero = PyLong_FromLong(0);
+    if (!empty_text || !zero) return NULL;
+    return PyModule_Create(&module);
+}
