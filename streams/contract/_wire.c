@@ -10,9 +10,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define NFIELDS 18          // the scalar fields 1..18 of UserAction; 19 is the properties map
 #define PROPERTIES 19
+#define EVENT_ID 10
 #define INT64_FIELD(f) ((f) == 2 || (f) == 3)
 #define UINT32_FIELD(f) ((f) == 12)
 
@@ -36,25 +38,54 @@ static int read_length(const uint8_t **p, const uint8_t *end, uint64_t *len) {
     return read_varint(p, end, len) && *len <= (uint64_t)(end - *p);
 }
 
-static PyObject *text(const uint8_t *p, uint64_t len) {
+static PyObject *decode_utf8(const uint8_t *p, uint64_t len) {
     PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)len, NULL);
     if (!s && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
     return s;
 }
 
+// The strings of one envelope, each distinct one made once: an envelope repeats its app, command,
+// host, users, argument texts and property keys, and one object for them all means one hash for
+// every set and dict the stages put them in, and fewer objects to make and free.
+#define SLOTS 1024
+#define SHARED_MAX_LEN 256
+typedef struct { const uint8_t *p; uint64_t len; uint64_t hash; PyObject *s; } Slot;
+typedef struct { Slot slots[SLOTS]; int used; } Strings;
+
+static PyObject *text(Strings *strings, const uint8_t *p, uint64_t len) {
+    if (len > SHARED_MAX_LEN || strings->used >= SLOTS / 2) return decode_utf8(p, len);
+    uint64_t hash = 1469598103934665603ull;  // FNV-1a
+    for (uint64_t i = 0; i < len; i++) hash = (hash ^ p[i]) * 1099511628211ull;
+    for (unsigned at = (unsigned)hash & (SLOTS - 1);; at = (at + 1) & (SLOTS - 1)) {
+        Slot *slot = &strings->slots[at];
+        if (!slot->s) {
+            PyObject *s = decode_utf8(p, len);
+            if (!s) return NULL;
+            *slot = (Slot){p, len, hash, Py_NewRef(s)};
+            strings->used++;
+            return s;
+        }
+        if (slot->hash == hash && slot->len == len && memcmp(slot->p, p, len) == 0) return Py_NewRef(slot->s);
+    }
+}
+
+static void release(Strings *strings) {
+    for (int at = 0; at < SLOTS; at++) Py_XDECREF(strings->slots[at].s);
+}
+
 // One properties entry (key = 1, then value = 2, both strings) into `dict`: 1 taken, 0 not
 // canonical, -1 an error (set).
-static int read_entry(const uint8_t *p, const uint8_t *end, PyObject *dict) {
+static int read_entry(Strings *strings, const uint8_t *p, const uint8_t *end, PyObject *dict) {
     uint64_t tag, len;
     if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) return 0;
-    PyObject *key = text(p, len);
+    PyObject *key = text(strings, p, len);
     if (!key) return PyErr_Occurred() ? -1 : 0;
     p += len;
     if (!read_varint(&p, end, &tag) || tag != ((2 << 3) | 2) || !read_length(&p, end, &len) || p + len != end) {
         Py_DECREF(key);
         return 0;
     }
-    PyObject *value = text(p, len);
+    PyObject *value = text(strings, p, len);
     if (!value) { Py_DECREF(key); return PyErr_Occurred() ? -1 : 0; }
     int rc = PyDict_Contains(dict, key);
     if (rc == 0) rc = PyDict_SetItem(dict, key, value) == 0 ? 1 : -1;
@@ -67,7 +98,7 @@ static int read_entry(const uint8_t *p, const uint8_t *end, PyObject *dict) {
 static PyObject *empty_text, *zero;
 
 // One action appended to the columns: 1 taken, 0 not canonical (nothing appended), -1 an error.
-static int read_action(const uint8_t *p, const uint8_t *end, PyObject **columns, PyObject *properties) {
+static int read_action(Strings *strings, const uint8_t *p, const uint8_t *end, PyObject **columns, PyObject *properties) {
     PyObject *values[NFIELDS + 1] = {0};
     PyObject *props = PyDict_New();
     int rc = 0;
@@ -90,11 +121,11 @@ static int read_action(const uint8_t *p, const uint8_t *end, PyObject **columns,
         }
         if (wire_type != 2 || !read_length(&p, end, &len)) goto done;
         if (field == PROPERTIES) {
-            int taken = read_entry(p, p + len, props);
+            int taken = read_entry(strings, p, p + len, props);
             if (taken != 1) { rc = taken; goto done; }
         } else {
             if (len == 0) goto done;
-            values[field] = text(p, len);
+            values[field] = field == EVENT_ID ? decode_utf8(p, len) : text(strings, p, len);  // ids: each its own
             if (!values[field]) { rc = PyErr_Occurred() ? -1 : 0; goto done; }
         }
         p += len;
@@ -117,13 +148,14 @@ static PyObject *decode_envelope(PyObject *self, PyObject *arg) {
     const uint8_t *base = view.buf, *p = base, *end = base + view.len;
     PyObject *columns[NFIELDS] = {0}, *properties = PyList_New(0), *starts = PyList_New(0), *sizes = PyList_New(0);
     PyObject *result = NULL;
-    int rc = properties && starts && sizes ? 1 : -1;
+    Strings *strings = PyMem_Calloc(1, sizeof(Strings));
+    int rc = properties && starts && sizes && strings ? 1 : -1;
     for (int f = 0; f < NFIELDS && rc == 1; f++)
         if (!(columns[f] = PyList_New(0))) rc = -1;
     while (rc == 1 && p < end) {
         uint64_t tag, len;
         if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) { rc = 0; break; }
-        rc = read_action(p, p + len, columns, properties);
+        rc = read_action(strings, p, p + len, columns, properties);
         if (rc == 1) {
             PyObject *start = PyLong_FromSsize_t(p - base), *size = PyLong_FromUnsignedLongLong(len);
             if (!start || !size || PyList_Append(starts, start) < 0 || PyList_Append(sizes, size) < 0) rc = -1;
@@ -131,6 +163,10 @@ static PyObject *decode_envelope(PyObject *self, PyObject *arg) {
             Py_XDECREF(size);
         }
         p += len;
+    }
+    if (strings) {
+        release(strings);
+        PyMem_Free(strings);
     }
     PyBuffer_Release(&view);
     if (rc == 1) {
