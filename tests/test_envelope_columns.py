@@ -2,6 +2,7 @@
 the decoder does not take on handed back to upb."""
 import json
 import shutil
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -154,3 +155,22 @@ def test_an_envelope_the_decoder_hands_back_goes_through_upb():
     [(columns, _)], _ = unpack(envelope, [ENVELOPE_HEADER], Source("user-actions", 0, 0), STAGES, NOW, as_columns=True)
     assert type(columns) is envelope_columns.DecodedEnvelope and columns.fields["event_id"] == ["x1"]
     assert json.loads(columns.fields["keyword_args_json"][0])["index"] == "1"
+
+
+@native
+@settings(max_examples=150, deadline=None)
+@given(_BATCHES, st.sampled_from([None, b"\x08garbage", b"\x42\x01a\x42\x01b", b""]), st.integers(1, 50))
+def test_single_messages_as_columns_come_out_as_through_upb(batch, odd, generation):
+    """Single messages (what every other Kafka client sends) through the stages, decoded natively
+    and by upb: the same outcome; one message the decoder does not take on sends all to upb."""
+    messages = [action(f"e{n}", user, NOW + behind, keyword_args_json=kwargs) for n, user, behind, kwargs in batch]
+    outcomes = []
+    for with_odd, native_decoder in ((False, True), (False, False), (True, True), (True, False)):
+        items = [(raw, Source("user-actions", 0, offset, len(raw))) for offset, raw in enumerate(messages)]
+        if with_odd:
+            items.insert(len(items) // 2, (odd, Source("user-actions", 0, 99, len(odd or b""))))
+        state = PartitionState(PartitionActivity(lateness_days=3), recent_ids=RecentIds(generation_size=generation))
+        with mock.patch.object(envelope_columns, "_decode_actions",
+                               envelope_columns._decode_actions if native_decoder else None):
+            outcomes.append(_outcome(process_batch(items, state, STAGES, {}, now_ms=NOW), state))
+    assert outcomes[0] == outcomes[1] and outcomes[2] == outcomes[3]

@@ -1,6 +1,7 @@
-// UserActionBatch bytes -> the columns of its actions, in one pass, without a message object per
-// action: `decode_envelope(data)` gives (columns, properties, starts, sizes), or None for anything
-// this decoder does not take on, which the caller then hands to upb (streams/stages/wire.py).
+// UserAction messages -> their columns, in one pass, without a message object per action:
+// `decode_envelope(data)` for a UserActionBatch, `decode_actions([data, ...])` for single messages,
+// or None for anything this decoder does not take on, which the caller then hands to upb
+// (streams/contract/envelope_columns.py).
 //
 // It takes only the canonical encoding, what upb and the other official runtimes write: each
 // field of UserAction (tally/v1/user_action.proto) at most once with its own wire type and a
@@ -47,16 +48,31 @@ static PyObject *decode_utf8(const uint8_t *p, uint64_t len) {
 // The strings of one envelope, each distinct one made once: an envelope repeats its app, command,
 // host, users, argument texts and property keys, and one object for them all means one hash for
 // every set and dict the stages put them in, and fewer objects to make and free.
-#define SLOTS 1024
 #define SHARED_MAX_LEN 256
 typedef struct { const uint8_t *p; uint64_t len; uint64_t hash; PyObject *s; } Slot;
-typedef struct { Slot slots[SLOTS]; int used; } Strings;
+typedef struct { Slot *slots; size_t mask, used; } Strings;  // open addressing, at most half full
+
+static int strings_init(Strings *strings, size_t expected) {
+    size_t size = 1024;
+    while (size < 2 * expected && size < (1u << 20)) size <<= 1;
+    strings->slots = PyMem_Calloc(size, sizeof(Slot));
+    strings->mask = size - 1;
+    strings->used = 0;
+    return strings->slots != NULL;
+}
+
+static void strings_release(Strings *strings) {
+    if (!strings->slots) return;
+    for (size_t at = 0; at <= strings->mask; at++) Py_XDECREF(strings->slots[at].s);
+    PyMem_Free(strings->slots);
+    strings->slots = NULL;
+}
 
 static PyObject *text(Strings *strings, const uint8_t *p, uint64_t len) {
-    if (len > SHARED_MAX_LEN || strings->used >= SLOTS / 2) return decode_utf8(p, len);
+    if (len > SHARED_MAX_LEN || strings->used > strings->mask / 2) return decode_utf8(p, len);
     uint64_t hash = 1469598103934665603ull;  // FNV-1a
     for (uint64_t i = 0; i < len; i++) hash = (hash ^ p[i]) * 1099511628211ull;
-    for (unsigned at = (unsigned)hash & (SLOTS - 1);; at = (at + 1) & (SLOTS - 1)) {
+    for (size_t at = (size_t)hash & strings->mask;; at = (at + 1) & strings->mask) {
         Slot *slot = &strings->slots[at];
         if (!slot->s) {
             PyObject *s = decode_utf8(p, len);
@@ -67,10 +83,6 @@ static PyObject *text(Strings *strings, const uint8_t *p, uint64_t len) {
         }
         if (slot->hash == hash && slot->len == len && memcmp(slot->p, p, len) == 0) return Py_NewRef(slot->s);
     }
-}
-
-static void release(Strings *strings) {
-    for (int at = 0; at < SLOTS; at++) Py_XDECREF(strings->slots[at].s);
 }
 
 // One properties entry (key = 1, then value = 2, both strings) into `dict`: 1 taken, 0 not
@@ -141,55 +153,95 @@ done:
     return rc;
 }
 
-// The whole envelope, or None: rows taken before a part it does not take on are dropped with it.
-static PyObject *decode_envelope(PyObject *self, PyObject *arg) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    const uint8_t *base = view.buf, *p = base, *end = base + view.len;
-    PyObject *columns[NFIELDS] = {0}, *properties = PyList_New(0), *starts = PyList_New(0), *sizes = PyList_New(0);
-    PyObject *result = NULL;
-    Strings *strings = PyMem_Calloc(1, sizeof(Strings));
-    int rc = properties && starts && sizes && strings ? 1 : -1;
-    for (int f = 0; f < NFIELDS && rc == 1; f++)
-        if (!(columns[f] = PyList_New(0))) rc = -1;
-    while (rc == 1 && p < end) {
-        uint64_t tag, len;
-        if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) { rc = 0; break; }
-        rc = read_action(strings, p, p + len, columns, properties);
-        if (rc == 1) {
-            PyObject *start = PyLong_FromSsize_t(p - base), *size = PyLong_FromUnsignedLongLong(len);
-            if (!start || !size || PyList_Append(starts, start) < 0 || PyList_Append(sizes, size) < 0) rc = -1;
-            Py_XDECREF(start);
-            Py_XDECREF(size);
-        }
-        p += len;
-    }
-    if (strings) {
-        release(strings);
-        PyMem_Free(strings);
-    }
-    PyBuffer_Release(&view);
+// The columns being filled: one list per scalar field, the properties dicts, each action's size.
+typedef struct { PyObject *columns[NFIELDS], *properties, *sizes; Strings strings; } Decoded;
+
+static int decoded_init(Decoded *d, size_t expected_actions) {
+    memset(d, 0, sizeof(*d));
+    if (!(d->properties = PyList_New(0)) || !(d->sizes = PyList_New(0))) return 0;
+    for (int f = 0; f < NFIELDS; f++)
+        if (!(d->columns[f] = PyList_New(0))) return 0;
+    return strings_init(&d->strings, 4 * expected_actions);
+}
+
+static int decoded_add(Decoded *d, const uint8_t *p, uint64_t len) {
+    int rc = read_action(&d->strings, p, p + len, d->columns, d->properties);
     if (rc == 1) {
-        PyObject *names = PyTuple_New(NFIELDS);
-        if (names) {
-            for (int f = 0; f < NFIELDS; f++) { PyTuple_SET_ITEM(names, f, columns[f]); columns[f] = NULL; }
-            result = Py_BuildValue("(NOOO)", names, properties, starts, sizes);
+        PyObject *size = PyLong_FromUnsignedLongLong(len);
+        if (!size || PyList_Append(d->sizes, size) < 0) rc = -1;
+        Py_XDECREF(size);
+    }
+    return rc;
+}
+
+// (columns, properties, sizes, *extra) when rc is 1, None when 0, NULL (an error set) when -1.
+static PyObject *decoded_finish(Decoded *d, int rc, PyObject *extra) {
+    PyObject *result = NULL;
+    strings_release(&d->strings);
+    if (rc < 0 && !PyErr_Occurred()) PyErr_NoMemory();
+    if (rc == 1) {
+        PyObject *columns = PyTuple_New(NFIELDS);
+        if (columns) {
+            for (int f = 0; f < NFIELDS; f++) { PyTuple_SET_ITEM(columns, f, d->columns[f]); d->columns[f] = NULL; }
+            result = extra ? Py_BuildValue("(NOOO)", columns, d->properties, d->sizes, extra)
+                           : Py_BuildValue("(NOO)", columns, d->properties, d->sizes);
         }
     } else if (rc == 0) {
         result = Py_NewRef(Py_None);
     }
-    for (int f = 0; f < NFIELDS; f++) Py_XDECREF(columns[f]);
-    Py_XDECREF(properties);
-    Py_XDECREF(starts);
-    Py_XDECREF(sizes);
+    for (int f = 0; f < NFIELDS; f++) Py_XDECREF(d->columns[f]);
+    Py_XDECREF(d->properties);
+    Py_XDECREF(d->sizes);
+    Py_XDECREF(extra);
     return result;
+}
+
+// A UserActionBatch: (columns, properties, sizes, starts) of all its actions, or None. Rows taken
+// before a part it does not take on are dropped with it: an envelope is decoded whole or not at all.
+static PyObject *decode_envelope(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *base = view.buf, *p = base, *end = base + view.len;
+    Decoded d;
+    PyObject *starts = PyList_New(0);
+    int rc = decoded_init(&d, (size_t)view.len / 200 + 1) && starts ? 1 : -1;
+    while (rc == 1 && p < end) {
+        uint64_t tag, len;
+        if (!read_varint(&p, end, &tag) || tag != ((1 << 3) | 2) || !read_length(&p, end, &len)) { rc = 0; break; }
+        PyObject *start = PyLong_FromSsize_t(p - base);
+        if (!start || PyList_Append(starts, start) < 0) rc = -1;
+        Py_XDECREF(start);
+        if (rc == 1) rc = decoded_add(&d, p, len);
+        p += len;
+    }
+    PyBuffer_Release(&view);
+    if (rc != 1 && PyErr_Occurred()) rc = -1;
+    if (!starts) return decoded_finish(&d, -1, NULL);
+    return decoded_finish(&d, rc, starts);
+}
+
+// Single UserAction messages, a list of bytes: (columns, properties, sizes) of all, or None when
+// one of them is not bytes or is not the canonical encoding.
+static PyObject *decode_actions(PyObject *self, PyObject *arg) {
+    if (!PyList_Check(arg)) { PyErr_SetString(PyExc_TypeError, "decode_actions takes a list of bytes"); return NULL; }
+    Py_ssize_t n = PyList_GET_SIZE(arg);
+    Decoded d;
+    int rc = decoded_init(&d, (size_t)n) ? 1 : -1;
+    for (Py_ssize_t i = 0; i < n && rc == 1; i++) {
+        PyObject *item = PyList_GET_ITEM(arg, i);
+        if (!PyBytes_CheckExact(item)) { rc = 0; break; }
+        rc = decoded_add(&d, (const uint8_t *)PyBytes_AS_STRING(item), (uint64_t)PyBytes_GET_SIZE(item));
+    }
+    return decoded_finish(&d, rc, NULL);
 }
 
 static PyMethodDef methods[] = {
     {"decode_envelope", decode_envelope, METH_O,
-     "decode_envelope(data) -> (columns of fields 1..18, properties dicts, starts, sizes) or None"},
+     "decode_envelope(data) -> (columns of fields 1..18, properties dicts, sizes, starts) or None"},
+    {"decode_actions", decode_actions, METH_O,
+     "decode_actions([data, ...]) -> (columns of fields 1..18, properties dicts, sizes) or None"},
     {NULL, NULL, 0, NULL}};
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wire", "UserActionBatch envelopes as columns", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wire", "UserAction messages as columns", -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__wire(void) {
     empty_text = PyUnicode_New(0, 0);

@@ -238,21 +238,27 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     limits, scrubber = stages.limits, stages.scrubber
     raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
     types = set(map(type, raws))
-    if types == {DecodedEnvelope}:  # envelopes as columns: a row's action is parsed only if asked for
-        fields = {name: list(itertools.chain.from_iterable(envelope.fields[name] for envelope in raws))
-                  for name in envelope_columns.FIELDS}
-        fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, raws)))
-        sizes = list(itertools.chain.from_iterable(map(_sizes_of, raws)))
+    parts = None  # the batch decoded natively, as columns (envelope_columns)
+    if types == {DecodedEnvelope}:
+        parts = raws
         sources = list(itertools.chain.from_iterable(map(itertools.repeat, sources, map(len, raws))))
-        actions = LazyActions(raws)
+    elif types == {bytes} and max(map(len, raws)) <= limits.max_message_bytes:  # single messages
+        decoded = envelope_columns.decode_messages(raws)
+        parts = None if decoded is None else [decoded]
+    if parts is not None:  # a row's action is parsed only when something asks for it
+        fields = {name: list(itertools.chain.from_iterable(part.fields[name] for part in parts))
+                  for name in envelope_columns.FIELDS}
+        fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, parts)))
+        sizes = list(itertools.chain.from_iterable(map(_sizes_of, parts)))
+        actions = LazyActions(parts)
         suspects = validate.suspects(fields, sizes, limits, now_ms)
         if at_once and not suspects:
             clean = admit_clean(actions, sources, fields, state, stages, counts)
             if clean is not None:
                 return clean
         actions = list(actions)
-        return admit_each(list(zip(actions, actions, sources)), fields, sizes, suspects, state, stages, result,
-                          now_ms)
+        raws = actions if types == {DecodedEnvelope} else raws
+        return admit_each(list(zip(actions, raws, sources)), fields, sizes, suspects, state, stages, result, now_ms)
     if DecodedEnvelope in types:  # mixed with other items: every action as a message
         messages = _as_actions(messages)
         raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
