@@ -174,3 +174,19 @@ def test_single_messages_as_columns_come_out_as_through_upb(batch, odd, generati
                                envelope_columns._decode_actions if native_decoder else None):
             outcomes.append(_outcome(process_batch(items, state, STAGES, {}, now_ms=NOW), state))
     assert outcomes[0] == outcomes[1] and outcomes[2] == outcomes[3]
+
+
+@native
+def test_strings_are_shared_and_stay_right_past_the_decoders_room():
+    """Each distinct short string of a call is one object while the call's table has room; past it
+    (more distinct strings than the table sized for the call holds) values are still right."""
+    raw = UserActionBatch(actions=[UserAction(event_id=f"e{j}", user=f"user-{j}", app="bi", host_name=f"h{j}",
+                                              properties={"tab": f"t{j}", f"k{j}": "v"}) for j in range(2000)]
+                          ).SerializeToString()
+    agrees_with_upb(raw)
+    decoded = envelope_columns.decode(raw)
+    assert decoded.fields["app"][0] is decoded.fields["app"][-1]
+    assert decoded.fields["event_id"][0] is not envelope_columns.decode(raw).fields["event_id"][0]
+    messages = [UserAction(event_id=f"e{j}", user=f"user-{j % 7}", app="bi").SerializeToString() for j in range(3000)]
+    singles = envelope_columns.decode_messages(messages)
+    assert singles.fields["user"] == [f"user-{j % 7}" for j in range(3000)] and singles.fields["user"][0] is singles.fields["user"][7]

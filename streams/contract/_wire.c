@@ -69,16 +69,17 @@ static void strings_release(Strings *strings) {
 }
 
 static PyObject *text(Strings *strings, const uint8_t *p, uint64_t len) {
-    if (len > SHARED_MAX_LEN || strings->used > strings->mask / 2) return decode_utf8(p, len);
+    if (len > SHARED_MAX_LEN) return decode_utf8(p, len);
     uint64_t hash = 1469598103934665603ull;  // FNV-1a
     for (uint64_t i = 0; i < len; i++) hash = (hash ^ p[i]) * 1099511628211ull;
     for (size_t at = (size_t)hash & strings->mask;; at = (at + 1) & strings->mask) {
         Slot *slot = &strings->slots[at];
-        if (!slot->s) {
+        if (!slot->s) {  // new: kept while the table is at most half full, the ones in it still shared
             PyObject *s = decode_utf8(p, len);
-            if (!s) return NULL;
-            *slot = (Slot){p, len, hash, Py_NewRef(s)};
-            strings->used++;
+            if (s && strings->used <= strings->mask / 2) {
+                *slot = (Slot){p, len, hash, Py_NewRef(s)};
+                strings->used++;
+            }
             return s;
         }
         if (slot->hash == hash && slot->len == len && memcmp(slot->p, p, len) == 0) return Py_NewRef(slot->s);

@@ -246,10 +246,13 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
         decoded = envelope_columns.decode_messages(raws)
         parts = None if decoded is None else [decoded]
     if parts is not None:  # a row's action is parsed only when something asks for it
-        fields = {name: list(itertools.chain.from_iterable(part.fields[name] for part in parts))
-                  for name in envelope_columns.FIELDS}
-        fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, parts)))
-        sizes = list(itertools.chain.from_iterable(map(_sizes_of, parts)))
+        if len(parts) == 1:
+            fields, sizes = {**parts[0].fields, "properties": parts[0].properties}, parts[0].sizes
+        else:
+            fields = {name: list(itertools.chain.from_iterable(part.fields[name] for part in parts))
+                      for name in envelope_columns.FIELDS}
+            fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, parts)))
+            sizes = list(itertools.chain.from_iterable(map(_sizes_of, parts)))
         actions = LazyActions(parts)
         suspects = validate.suspects(fields, sizes, limits, now_ms)
         if at_once and not suspects:

@@ -45,10 +45,10 @@ class Scrubber(ValueScrubber):
         for rules, indexes in self._groups_by_rules(columns["app"]):
             # the group's values of a column: the column itself, or picked out in C
             of = (lambda column: column) if indexes is None else _picker(indexes)
-            positions = self._flag_rows([of(columns[name]) for name in ROW_TEXT_FIELDS],
-                                        of(columns["properties"]), rules)
+            texts = {name: of(columns[name]) for name in ROW_TEXT_FIELDS}
+            positions = self._flag_rows(list(texts.values()), of(columns["properties"]), rules)
             for name, limit in rules.max_chars:  # too long: the detailed pass truncates
-                values = of(columns[name]) if name in columns else ()
+                values = texts[name] if name in texts else of(columns[name]) if name in columns else ()
                 if values and max(map(len, values)) > limit:
                     positions.update(i for i, value in enumerate(values) if len(value) > limit)
             flagged = positions if indexes is None else {indexes[i] for i in positions}
