@@ -12,7 +12,8 @@ STEP = @start=$$(date +%s); echo "==> $(1)"; $(2) && echo "    done in $$(( $$(d
 $(STAMP): pyproject.toml setup.py streams/contract/_wire.c
 	$(call STEP,creating the virtualenv $(VENV),$(PYTHON) -m venv $(VENV))
 	$(call STEP,upgrading pip,$(BIN)/pip install -q --upgrade pip)
-	$(call STEP,installing Tally (its envelope decoder compiled with the C compiler) and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
+	$(call STEP,installing Tally (its wire decoder compiled with the C compiler) and its Python dependencies (Faust, aiokafka; chDB is about 500 MB; a minute or two the first time),PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test]')
+	@$(BIN)/python -c "from streams.contract import envelope_columns as e; print('    the wire decoder is built' if e.NATIVE else '    the wire decoder is not built (no C compiler?): the worker decodes with upb, slower; install gcc and run make install again')"
 	$(call STEP,fetching the Kafka jars with Maven (once; cached in ~/.cache/tally),$(BIN)/python -m streams.ops.broker fetch-jars)
 	$(call STEP,installing Debian's chromium and chromium-driver for the dashboard's browser tests (once),$(MAKE) -s browser)
 	@touch $(STAMP)

@@ -17,7 +17,7 @@ from streams.stages import enrich
 from streams.stages import validate
 from streams.stages.active_users import MetricKey, PartitionActivity, day_ordinal
 from streams.contract import DeadLetter, UserAction, envelope_columns, is_envelope, partition_for_user
-from streams.contract.envelope_columns import DecodedEnvelope, LazyActions
+from streams.contract.envelope_columns import Decoded, DecodedEnvelope, LazyActions
 from streams.stages.outcome import HISTORICAL, LATE, ON_TIME, REFUSED_BY_STORE, VERDICT_HEADER, BatchCounts, Rejected, Source
 from streams.stages.scrub import is_pseudonym
 from streams.stages.validate import Limits
@@ -198,10 +198,10 @@ def refused_row_letter(row: dict, detail: str, topic: str, now_ms: int) -> DeadL
                       scrubbed_fields=row["scrubbed_fields"], user_partition=row["kafka_partition"])
 
 
-def process_batch(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
+def process_batch(messages: list[Item], state: PartitionState, stages: Stages,
                   profiles, now_ms: int | None = None) -> BatchResult:
-    """Run one partition's batch through every stage. Each message is raw bytes, or an action already
-    unpacked from an envelope. `profiles` maps (scrubbed) user -> profile dict.
+    """Run one partition's batch through every stage. Each message is raw bytes, an action already
+    unpacked from an envelope, or an envelope decoded as columns (`unpack`). `profiles` maps (scrubbed) user -> profile dict.
 
     Admission (validate, route, dedup) judges each event against the partition's watermark as each
     event moves it (a clean batch in a few passes over its columns, any other event by event); the
@@ -229,7 +229,7 @@ class Admitted:
     pos_args: list[list]
 
 
-def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: PartitionState, stages: Stages,
+def admit(messages: list[Item], state: PartitionState, stages: Stages,
           result: BatchResult, now_ms: int, at_once: bool = True) -> Admitted:
     """Validate, route and deduplicate a batch, in order; every message that does not go on ends in
     `result` (a dead letter, a reroute or a duplicate). Moves the partition's watermark. A clean
@@ -238,30 +238,9 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
     limits, scrubber = stages.limits, stages.scrubber
     raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
     types = set(map(type, raws))
-    parts = None  # the batch decoded natively, as columns (envelope_columns)
-    if types == {DecodedEnvelope}:
-        parts = raws
-        sources = list(itertools.chain.from_iterable(map(itertools.repeat, sources, map(len, raws))))
-    elif types == {bytes} and max(map(len, raws)) <= limits.max_message_bytes:  # single messages
-        decoded = envelope_columns.decode_messages(raws)
-        parts = None if decoded is None else [decoded]
-    if parts is not None:  # a row's action is parsed only when something asks for it
-        if len(parts) == 1:
-            fields, sizes = {**parts[0].fields, "properties": parts[0].properties}, parts[0].sizes
-        else:
-            fields = {name: list(itertools.chain.from_iterable(part.fields[name] for part in parts))
-                      for name in envelope_columns.FIELDS}
-            fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, parts)))
-            sizes = list(itertools.chain.from_iterable(map(_sizes_of, parts)))
-        actions = LazyActions(parts)
-        suspects = validate.suspects(fields, sizes, limits, now_ms)
-        if at_once and not suspects:
-            clean = admit_clean(actions, sources, fields, state, stages, counts)
-            if clean is not None:
-                return clean
-        actions = list(actions)
-        raws = actions if types == {DecodedEnvelope} else raws
-        return admit_each(list(zip(actions, raws, sources)), fields, sizes, suspects, state, stages, result, now_ms)
+    as_columns = _decoded(raws, sources, types, limits)
+    if as_columns is not None:
+        return _admit_decoded(*as_columns, state, stages, result, now_ms, at_once)
     if DecodedEnvelope in types:  # mixed with other items: every action as a message
         messages = _as_actions(messages)
         raws, sources = list(map(_raw_of, messages)), list(map(_source_of, messages))
@@ -298,6 +277,41 @@ def admit(messages: list[tuple[bytes | UserAction | None, Source]], state: Parti
         if clean is not None:
             return clean
     return admit_each(list(zip(actions, raws, sources)), fields, sizes, suspects, state, stages, result, now_ms)
+
+
+def _decoded(raws: list, sources: list[Source], types: set[type], limits: Limits
+             ) -> tuple[list[Decoded], list, list[Source]] | None:
+    """The batch decoded natively, as columns, with each row's raw message and source: its decoded
+    envelopes, or its single messages in one call; None when it is neither, or the decoder does not
+    take one of them (then upb decodes them)."""
+    if types == {DecodedEnvelope}:
+        sources = list(itertools.chain.from_iterable(map(itertools.repeat, sources, map(len, raws))))
+        return raws, None, sources  # an action out of an envelope is its own raw message
+    if types == {bytes} and max(map(len, raws)) <= limits.max_message_bytes:
+        messages = envelope_columns.decode_messages(raws)
+        return None if messages is None else ([messages], raws, sources)
+    return None
+
+
+def _admit_decoded(parts: list[Decoded], raws: list | None, sources: list[Source], state: PartitionState,
+                   stages: Stages, result: BatchResult, now_ms: int, at_once: bool) -> Admitted:
+    """`admit` of a batch decoded as columns: a row's action is parsed only when something asks."""
+    if len(parts) == 1:
+        fields, sizes = {**parts[0].fields, "properties": parts[0].properties}, parts[0].sizes
+    else:
+        fields = {name: list(itertools.chain.from_iterable(part.fields[name] for part in parts))
+                  for name in envelope_columns.FIELDS}
+        fields["properties"] = list(itertools.chain.from_iterable(map(_properties_of, parts)))
+        sizes = list(itertools.chain.from_iterable(map(_sizes_of, parts)))
+    actions = LazyActions(parts)
+    suspects = validate.suspects(fields, sizes, stages.limits, now_ms)
+    if at_once and not suspects:
+        clean = admit_clean(actions, sources, fields, state, stages, result.counts)
+        if clean is not None:
+            return clean
+    actions = list(actions)
+    return admit_each(list(zip(actions, raws or actions, sources)), fields, sizes, suspects, state, stages, result,
+                      now_ms)
 
 
 def admit_clean(actions: list[UserAction], sources: list[Source], fields: dict[str, list], state: PartitionState,
