@@ -10,9 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import os
-import random
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -20,6 +18,7 @@ import uuid
 import pytest
 
 from conftest import ROOT, STORED_ROW, WorkerProcess, versions_by_event
+from streams.ops.broker import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -28,24 +27,10 @@ DOWN_SECONDS = 20     # how long a killed node stays down
 USERS = 120
 
 
-def six_free_ports() -> int:
-    """A base port with it and the five above it free (three nodes, a broker and a controller port each)."""
-    for _ in range(100):
-        base = random.randrange(40_000, 60_000, 2)
-        try:
-            for port in range(base, base + 6):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no six free ports")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     from streams.ops.broker import Cluster
-    kafka = Cluster(home=tmp_path_factory.mktemp("kafka-cluster"), nodes=3, port=six_free_ports())
+    kafka = Cluster(home=tmp_path_factory.mktemp("kafka-cluster"), nodes=3, port=free_ports(6))
     kafka.start()
     yield kafka
     kafka.stop()

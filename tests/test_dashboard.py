@@ -168,7 +168,8 @@ def test_overview_numbers_equal_clickhouse_and_follow_the_filters(served, browse
     assert {m: shown[m] for m in ("dau", "wau", "mau")} == rolling(served, "", day)
     assert shown["stickiness_percent"] == pytest.approx(shown["dau"] * 100 / shown["mau"])
     # the worker's live tables, shown next to them, hold the same numbers on the stream's current day
-    live = {r["metric"]: r["value"] for r in served.active_users() if r["app"] == "*" and r["day"] == day}
+    live = {r["metric"]: r["value"] for r in served.active_users()
+            if r["app"] == "*" and r["day"] == day and r["metric"] in ("dau", "wau", "mau")}  # on a Monday calendar WAU too
     assert {m: shown[f"live_{m}"] for m in ("dau", "wau", "mau")} == live
 
     choose(browser, "f-app", "bi")

@@ -155,11 +155,11 @@ def test_a_month_of_history_from_a_plain_client_is_stored_and_counted_exactly(pi
 @pytest.mark.clickhouse
 def test_history_behind_live_traffic_out_of_order_and_repeated_is_exact(pipeline_env, compiled_proto, tmp_path,
                                                                         stored_user):
-    """A day of live traffic is in; then 35 days of history arrive, shuffled up to two days out of
-    order, with a tenth of it sent twice: every valid event stored once, every published value equal
-    to the store's."""
+    """Live traffic is in (yesterday's and today's so far: every partition has some, whatever the
+    hour); then 35 days of history arrive, shuffled up to two days out of order, with a tenth of it
+    sent twice: every valid event stored once, every published value equal to the store's."""
     end = dt.datetime.now(dt.timezone.utc).date()
-    live = history(1, end, seed=2)
+    live = history(2, end, seed=2)
     worker = pipeline_env.worker("w1").start()
     send_as_plain_client(compiled_proto, pipeline_env.bootstrap, pipeline_env.topics.user_actions, live, tmp_path)
     check_exact(worker, live, stored_user)

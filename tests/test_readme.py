@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port
+from streams.ops.broker import free_ports
 
 pytestmark = pytest.mark.kafka
 
@@ -42,7 +43,7 @@ def wait_until_taking(web: str, worker: subprocess.Popen, timeout: float = 120.0
 
 
 def test_the_readme_walk_after_the_demo(tmp_path):
-    port, web_port = free_port(), free_port()
+    port, web_port = free_ports(2), free_port()  # the broker's port, and its controller's at the next
     env = {name: value for name, value in os.environ.items() if not name.startswith("TALLY_")}
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", TALLY_BOOTSTRAP=f"127.0.0.1:{port}",
                TALLY_WEB_PORT=str(web_port))

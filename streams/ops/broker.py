@@ -9,6 +9,7 @@ times with `min.insync.replicas=2`, so an acknowledged event survives the loss o
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -29,6 +30,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports on 127.0.0.1 that nothing listens on now (a broker's
+    port and its controller's at the next, as `broker_for` sets them), below the ephemeral range, where
+    no outgoing connection takes one of them meanwhile."""
+    for _ in range(200):
+        base = random.randrange(20_000, 32_000 - count, 2)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 LOG4J2_PROPERTIES = """\
