@@ -15,6 +15,8 @@ from aiokafka import TopicPartition
 
 from streams.runtime.kafka_internals import call_in_consumer_thread, read_records, readable_partitions
 
+COMMIT_TIMEOUT_S = 15.0  # a commit not done by then is given up: the partition's next owner reads it again
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,8 @@ class InputReader:
         if not to_commit:
             return
         try:
-            await call_in_consumer_thread(self.app.consumer, "commit", to_commit)
+            # bounded: in a rebalance the group's rejoin waits for the drain that waits for this commit
+            await asyncio.wait_for(call_in_consumer_thread(self.app.consumer, "commit", to_commit), COMMIT_TIMEOUT_S)
         except Exception as exc:
             log.warning("could not commit %s offsets %s (%r): their next owner reads them again", self.topic,
                         {tp.partition: offset for tp, offset in to_commit.items()}, exc)
