@@ -14,7 +14,7 @@ import bisect
 import itertools
 import operator
 
-from streams.contract.tally.v1.user_action_pb2 import UserAction
+from streams.contract.tally.v1.user_action_pb2 import UserAction, UserActionBatch
 
 try:
     from streams.contract._wire import decode_actions as _decode_actions, decode_envelope as _decode_envelope
@@ -56,6 +56,9 @@ class DecodedEnvelope(Decoded):
     def action(self, index: int) -> UserAction:
         start = self.starts[index]
         return UserAction.FromString(self.raw[start:start + self.sizes[index]])
+
+    def actions(self) -> list[UserAction]:
+        return list(UserActionBatch.FromString(self.raw).actions)  # all of them: one upb call
 
 
 class DecodedMessages(Decoded):
@@ -109,4 +112,6 @@ class LazyActions:
         return found
 
     def __iter__(self):
+        if not self.parsed:  # none asked for yet: each part's all at once
+            return itertools.chain.from_iterable(part.actions() for part in self.parts)
         return map(self.__getitem__, range(self.length))
